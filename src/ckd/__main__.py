@@ -1,0 +1,5 @@
+import sys
+
+from ckd.cli import main
+
+sys.exit(main())

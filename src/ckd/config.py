@@ -1,0 +1,275 @@
+"""The run configuration: a validated schema loaded from YAML plus ``key=value`` overrides.
+
+Everything is checked before anything runs or is written: unknown keys, wrong types, unknown
+model/method/dataset names, missing files and out-of-range numbers each raise a
+:class:`~ckd.errors.ConfigError` whose one-line message names the bad value and what is allowed.
+
+A config file may start with ``_base_: other.yaml`` (relative to the file); its mapping is then
+merged over the base's, key by key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ckd.errors import ConfigError
+from ckd.methods import METHODS, MethodOptions
+from ckd.schema import build, to_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The configs shipped with the package (``configs/`` at the repository root links here)."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar100"  # a name from ckd.data.DATASETS
+    root: str | None = None  # dataset folder; Fashion-MNIST is also looked up elsewhere
+    batch_size: int = 64
+    test_batch_size: int = 256
+    num_workers: int = 2
+    train_subset: int | None = None  # class-balanced subset of the training set (None: all)
+    test_subset: int | None = None
+    augment: bool = True
+    download: bool = False  # let torchvision download when online (never needed offline)
+
+
+@dataclass
+class ModelConfig:
+    name: str  # a name from ckd.models.MODELS
+    checkpoint: str | None = None  # weights to load (teacher: required)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 240
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # step: epochs
+    gamma: float = 0.1  # step: factor at each milestone
+    warmup_epochs: float = 0.0  # linear warm-up from 0, per iteration
+    min_lr: float = 0.0  # cosine: final learning rate
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
+    out_dir: str | None = None  # default: runs/<config name>/seed<seed>
+    tensorboard: bool = True
+    progress: bool = True  # progress bars (only on a terminal)
+
+
+@dataclass
+class MethodConfig:
+    name: str
+    options: MethodOptions
+
+
+@dataclass
+class Config:
+    data: DataConfig
+    student: ModelConfig
+    method: MethodConfig
+    teacher: ModelConfig | None = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    description: str = ""
+    source: str = ""  # the config file it came from (set by load_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping that :func:`config_from_dict` turns back into the same config."""
+        d = to_dict(self)
+        d["method"] = {"name": self.method.name, **to_dict(self.method.options)}
+        return d
+
+    def default_out_dir(self) -> Path:
+        return Path("runs") / config_name(self.source or "run") / f"seed{self.run.seed}"
+
+
+def config_name(path: str | Path) -> str:
+    """``configs/cifar100/ckd/x.yaml`` -> ``cifar100/ckd/x``; other paths -> their stem."""
+    p = Path(path).resolve()
+    for root in (CONFIG_DIR, Path.cwd() / "configs"):
+        try:
+            return str(p.relative_to(root.resolve()).with_suffix(""))
+        except ValueError:
+            continue
+    return p.stem
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path to a YAML file, or a shipped config's name (``fashion_mnist/ckd``)."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"config {str(name)!r} not found: not a file, nor a shipped config (see `ckd list configs`)"
+    )
+
+
+def shipped_configs() -> list[str]:
+    """Names of the shipped configs (files whose name starts with ``_`` are bases, not listed)."""
+    files = [p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_")]
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in files)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.S)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+    data = _merge({}, data)
+    for item in overrides:
+        m = _OVERRIDE.match(item)
+        if not m:
+            raise ConfigError(f"bad override {item!r}; expected key.path=value")
+        keys, raw = m.group(1).split("."), m.group(2)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Typed, fully validated config from a plain mapping."""
+    data = dict(data)
+    method = data.pop("method", None)
+    if not isinstance(method, dict) or "name" not in method:
+        raise ConfigError(f"method: expected a mapping with a name, one of {METHODS.names()}")
+    method = dict(method)
+    name = method.pop("name")
+    if name not in METHODS:
+        raise ConfigError(f"method.name: unknown method {name!r}; known: {', '.join(METHODS)}")
+    options = build(METHODS.get(name).Options, method, "method")
+    cfg = build(Config, data, "", given={"method": MethodConfig(name, options)})
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, merge, override and validate a config file (or a shipped config's name)."""
+    p = resolve_config_path(path)
+    data = apply_overrides(_read_yaml(p.resolve()), overrides or [])
+    data.pop("source", None)
+    cfg = config_from_dict(data)
+    cfg.source = str(p)
+    return cfg
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks beyond types: names, files and ranges."""
+    from ckd.data import DATASETS
+    from ckd.models import MODELS
+
+    d, o, r = cfg.data, cfg.optim, cfg.run
+    _require(
+        d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}"
+    )
+    for role in ("student", "teacher"):
+        m = getattr(cfg, role)
+        if m is None:
+            continue
+        _require(
+            m.name in MODELS,
+            f"{role}.name: unknown model {m.name!r}; known: {', '.join(MODELS)}",
+        )
+        if m.checkpoint is not None:
+            _require(
+                Path(m.checkpoint).is_file(),
+                f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
+            )
+    needs_teacher = METHODS.get(cfg.method.name).needs_teacher
+    if needs_teacher:
+        _require(
+            cfg.teacher is not None and cfg.teacher.checkpoint is not None,
+            f"method {cfg.method.name!r} needs a teacher: set teacher.name and "
+            "teacher.checkpoint (a file trained with method vanilla, or a reference checkpoint)",
+        )
+    else:
+        _require(
+            cfg.teacher is None,
+            f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
+        )
+    try:
+        cfg.method.options.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key in ("batch_size", "test_batch_size"):
+        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
+    for key in ("train_subset", "test_subset"):
+        v = getattr(d, key)
+        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+    _require(o.epochs >= 1, f"optim.epochs must be >= 1; got {o.epochs}")
+    _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
+    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {o.weight_decay}")
+    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {o.gamma}")
+    _require(
+        0 <= o.warmup_epochs < o.epochs,
+        f"optim.warmup_epochs must be in [0, epochs={o.epochs}); got {o.warmup_epochs}",
+    )
+    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
+    _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+    if o.schedule == "step":
+        _require(
+            all(0 < m <= o.epochs for m in o.milestones)
+            and o.milestones == sorted(set(o.milestones)),
+            f"optim.milestones must be increasing epochs in (0, {o.epochs}]; got {o.milestones}",
+        )
+    _require(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
+        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
+    )

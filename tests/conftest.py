@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny offline datasets and fast configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ckd.data import make_fake_fashion_mnist
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def fake_fmnist(tmp_path_factory) -> Path:
+    """A tiny Fashion-MNIST-format folder (class-dependent images) made by the project."""
+    root = tmp_path_factory.mktemp("fmnist")
+    return make_fake_fashion_mnist(root, n_train=320, n_test=100, seed=0)
+
+
+def tiny_config(root: Path, out_dir: Path, **sections: Any) -> dict[str, Any]:
+    """A config mapping that trains resnet8 on ``root`` for two short epochs on the CPU."""
+    cfg: dict[str, Any] = {
+        "data": {
+            "name": "fashion_mnist",
+            "root": str(root),
+            "batch_size": 32,
+            "test_batch_size": 100,
+            "num_workers": 0,
+        },
+        "student": {"name": "resnet8"},
+        "method": {"name": "vanilla"},
+        "optim": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
+        "run": {
+            "seed": 0,
+            "out_dir": str(out_dir),
+            "tensorboard": False,
+            "progress": False,
+            "device": "cpu",
+        },
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
