@@ -190,3 +190,26 @@ def test_unknown_name_lists_known_names() -> None:
     with pytest.raises(UnknownNameError) as err:
         create_model("resnet9")
     assert "resnet8x4" in str(err.value) and "ShuffleV2" in str(err.value)
+
+
+def test_reference_style_checkpoint_with_numpy_scalars_loads(tmp_path):
+    import numpy as np
+
+    model = create_model("resnet8", num_classes=10)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"model": model.state_dict(), "best_acc": np.float64(71.2), "epoch": 240}, path)
+    load_weights(create_model("resnet8", num_classes=10), path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict(), "x": _Payload()},
+               path)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_weights(create_model("resnet8", num_classes=10), path)
+    assert "must never run" not in capsys.readouterr().out

@@ -8,11 +8,14 @@ twice.
 from __future__ import annotations
 
 import json
+import functools
 from pathlib import Path
 
 from ckd.config import load_config
 from ckd.engine import Trainer
 from ckd.plots import plot_curves
+
+print = functools.partial(print, flush=True)  # noqa: A001  (progress shows up in logs at once)
 
 RUNS = (  # (label, shipped config)
     ("teacher", "fashion_mnist/teacher"),

@@ -8,6 +8,7 @@ run that is stopped and resumed ends exactly where an uninterrupted one would.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -73,7 +74,7 @@ class Trainer:
         self,
         cfg: Config,
         resume: bool = False,
-        echo: Callable[[str], None] = print,
+        echo: Callable[[str], None] = functools.partial(print, flush=True),
     ) -> None:
         self.cfg = cfg
         self.echo = echo

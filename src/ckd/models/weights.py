@@ -29,11 +29,26 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """The globals a pickled NumPy scalar needs (e.g. a ``best_acc`` saved as ``np.float64``):
+    plain data, safe to allow alongside ``weights_only=True``."""
+    import numpy as np
+
+    scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [scalar, np.dtype, *dtypes]
+
+
 def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
+    path = os.fspath(source)
     try:
-        obj = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's message is long; keep the line that names the offending global / opcode
         tail = str(err).split("WeightsUnpickler error:", 1)[-1]
