@@ -208,8 +208,9 @@ class _Payload:
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
-    torch.save({"model": create_model("resnet8", num_classes=10).state_dict(), "x": _Payload()},
-               path)
+    torch.save(
+        {"model": create_model("resnet8", num_classes=10).state_dict(), "x": _Payload()}, path
+    )
     with pytest.raises(ValueError, match="weights_only"):
         load_weights(create_model("resnet8", num_classes=10), path)
     assert "must never run" not in capsys.readouterr().out

@@ -7,15 +7,15 @@ twice.
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 from pathlib import Path
 
 from ckd.config import load_config
 from ckd.engine import Trainer
 from ckd.plots import plot_curves
 
-print = functools.partial(print, flush=True)  # noqa: A001  (progress shows up in logs at once)
+say = functools.partial(print, flush=True)  # progress shows up in logs at once
 
 RUNS = (  # (label, shipped config)
     ("teacher", "fashion_mnist/teacher"),
@@ -38,11 +38,11 @@ def run_demo(out: Path, data_root: str | None = None, overrides: list[str] | Non
             extra.append(f"teacher.checkpoint={teacher_ckpt}")
         done = run_dir / "result.json"
         if done.is_file():
-            print(f"[{label}] finished earlier: reusing {done}")
+            say(f"[{label}] finished earlier: reusing {done}")
             results[label] = json.loads(done.read_text())
             continue
         cfg = load_config(name, extra)
-        print(f"[{label}] ckd train {name} " + " ".join(extra))
+        say(f"[{label}] ckd train {name} " + " ".join(extra))
         resume = (run_dir / "last.pt").is_file()
         results[label] = Trainer(cfg, resume=resume).fit()
     table = format_table(results)
@@ -50,9 +50,9 @@ def run_demo(out: Path, data_root: str | None = None, overrides: list[str] | Non
         [out / label.lower() for label, _ in RUNS], out / "curves.png", [lbl for lbl, _ in RUNS]
     )
     (out / "results.md").write_text(table + "\n")
-    print()
-    print(table)
-    print(f"\ncurves: {png}   table: {out / 'results.md'}")
+    say()
+    say(table)
+    say(f"\ncurves: {png}   table: {out / 'results.md'}")
     return table
 
 

@@ -47,6 +47,9 @@ from ckd.errors import ConfigError, RunDirError
 _RESUME_FREE = {"run.progress", "run.tensorboard", "run.out_dir", "source", "data.num_workers"}
 
 
+_say = functools.partial(print, flush=True)
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of every random draw of one epoch."""
     return (seed * 1_000_003 + epoch) % 2**63
@@ -74,7 +77,7 @@ class Trainer:
         self,
         cfg: Config,
         resume: bool = False,
-        echo: Callable[[str], None] = functools.partial(print, flush=True),
+        echo: Callable[[str], None] = _say,
     ) -> None:
         self.cfg = cfg
         self.echo = echo

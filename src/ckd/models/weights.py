@@ -34,7 +34,8 @@ def _numpy_scalar_globals() -> list[Any]:
     plain data, safe to allow alongside ``weights_only=True``."""
     import numpy as np
 
-    scalar = getattr(getattr(np, "_core", np.core), "multiarray").scalar
+    core = np._core if hasattr(np, "_core") else np.core  # NumPy 2 renamed np.core
+    scalar = core.multiarray.scalar
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     return [scalar, np.dtype, *dtypes]
 
