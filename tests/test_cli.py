@@ -190,3 +190,47 @@ def test_cifar100_configs_carry_the_released_hyper_parameters(pair):
 def test_configs_dir_at_repo_root_is_the_shipped_one():
     root = Path(__file__).resolve().parents[1] / "configs"
     assert root.resolve() == CONFIG_DIR
+
+
+def test_eval_of_a_foreign_checkpoint_needs_model_and_data(capsys, tmp_path, fake_fmnist):
+    import torch
+
+    from ckd.models import create_model
+
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"model": create_model("resnet8", 10, 1).state_dict()}, path)
+    assert "give --model" in run_bad(capsys, ["eval", str(path)])
+    assert "does not fit resnet14" in run_bad(
+        capsys,
+        [
+            "eval",
+            str(path),
+            "--model",
+            "resnet14",
+            "--data",
+            "fashion_mnist",
+            "--data-root",
+            str(fake_fmnist),
+        ],
+    )
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--model",
+                "resnet8",
+                "--data",
+                "fashion_mnist",
+                "--data-root",
+                str(fake_fmnist),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "top-1" in capsys.readouterr().out
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert "cannot be read as a checkpoint" in run_bad(capsys, ["eval", str(junk)])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ckd.losses import ckd_loss, dkd_loss, kd_loss
-from ckd.methods import METHODS
+from ckd.methods import METHODS, Distiller, Setup
 from ckd.models import create_model
 
 
@@ -18,7 +18,7 @@ def make(name: str, **options):
     student = create_model("resnet8", num_classes=10)
     teacher = create_model("resnet14", num_classes=10) if METHODS.get(name).needs_teacher else None
     cls = METHODS.get(name)
-    return cls(student, teacher, cls.Options(**options))
+    return Distiller(student, teacher, [cls(cls.Options(**options), Setup(10, 100))])
 
 
 def batch():
@@ -75,7 +75,8 @@ def test_ckd_terms_are_the_weighted_losses():
 
 def test_kd_terms_are_the_weighted_losses():
     d = make("kd")  # defaults of the reference recipe
-    assert (d.options.w_ce, d.options.w_kd, d.options.temperature) == (0.1, 0.9, 4.0)
+    o = d.methods[0].options
+    assert (o.w_ce, o.w_kd, o.temperature) == (0.1, 0.9, 4.0)
     s, t, y, terms = _terms(d)
     assert terms["ce"].item() == pytest.approx(0.1 * F.cross_entropy(s, y).item(), rel=1e-5)
     assert terms["kd"].item() == pytest.approx(0.9 * kd_loss(s, t, 4.0).item(), rel=1e-5)
@@ -83,7 +84,7 @@ def test_kd_terms_are_the_weighted_losses():
 
 def test_dkd_warms_up_linearly_over_its_epochs():
     d = make("dkd", beta=2.0, warmup_epochs=20)
-    assert [d.warmup_factor(e) for e in (0, 9, 19, 100)] == [0.05, 0.5, 1.0, 1.0]
+    assert [d.methods[0].warmup_factor(e) for e in (0, 9, 19, 100)] == [0.05, 0.5, 1.0, 1.0]
     s, t, y, early = _terms(d, epoch=0)
     full = dkd_loss(s, t, y, 1.0, 2.0, 4.0)
     assert early["dkd"].item() == pytest.approx(0.05 * full.item(), rel=1e-5)
@@ -96,8 +97,9 @@ def test_vanilla_needs_no_teacher_and_others_do():
     assert d.teacher is None
     _, _, _, terms = _terms(d)
     assert set(terms) == {"ce"}
+    ckd = METHODS.get("ckd")
     with pytest.raises(ValueError, match="needs a teacher"):
-        METHODS.get("ckd")(create_model("resnet8", 10), None, METHODS.get("ckd").Options())
+        Distiller(create_model("resnet8", 10), None, [ckd(ckd.Options(), Setup(10, 100))])
 
 
 def test_options_validation_names_the_bad_value():
@@ -105,3 +107,39 @@ def test_options_validation_names_the_bad_value():
         METHODS.get("ckd").Options(negatives="teacher").validate()
     with pytest.raises(ValueError, match="temperature"):
         METHODS.get("kd").Options(temperature=0).validate()
+
+
+def test_methods_combine_with_one_teacher_pass_and_one_ce():
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", 10), create_model("resnet14", 10)
+    ckd, kd = METHODS.get("ckd"), METHODS.get("kd")
+    d = Distiller(
+        student,
+        teacher,
+        [ckd(ckd.Options(w_ckd=10.0), Setup(10, 100)), kd(kd.Options(w_ce=0.5), Setup(10, 100))],
+    )
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    x, y = batch()
+    d.eval()
+    logits, terms = d.forward_train(x, y, epoch=0, step=0, index=None)
+    assert set(terms) == {"ce", "ckd", "kd"} and len(calls) == 1
+    assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_combination_from_config(tmp_path):
+    from ckd.config import config_from_dict
+    from ckd.errors import ConfigError
+    from tests.conftest import tiny_config
+
+    base = tiny_config(
+        tmp_path, tmp_path / "o", teacher={"name": "resnet8", "checkpoint": __file__}
+    )
+    base["method"] = {"name": "ckd", "w_ckd": 5.0, "also": [{"name": "kd", "temperature": 2.0}]}
+    cfg = config_from_dict(base)
+    assert [m.name for m in cfg.method.parts()] == ["ckd", "kd"]
+    assert cfg.method.also[0].options.temperature == 2.0
+    assert config_from_dict(cfg.to_dict()).method.to_dict() == cfg.method.to_dict()
+    base["method"]["also"] = [{"name": "kd", "temprature": 2.0}]
+    with pytest.raises(ConfigError, match=r"unknown key method.also\[0\].temprature"):
+        config_from_dict(base)

@@ -126,3 +126,24 @@ def test_teacher_then_ckd_student_through_the_cli(tmp_path, fake_fmnist, capsys)
     # resuming a finished run trains nothing more and reports it
     assert main(["train", str(tmp_path / "s"), "--resume"]) == 0
     assert (tmp_path / "s" / "last.pt").read_bytes() == before
+
+
+def test_demo_runs_teacher_and_three_students_and_reuses_finished_runs(tmp_path, fake_fmnist):
+    from ckd.demo import run_demo
+
+    fast = [
+        "optim.epochs=1",
+        "data.num_workers=0",
+        "run.tensorboard=false",
+        "run.device=cpu",
+        "data.train_subset=96",
+        "data.test_subset=50",
+    ]
+    table = run_demo(tmp_path / "demo", data_root=str(fake_fmnist), overrides=fast)
+    for label in ("teacher", "CE", "KD", "CKD"):
+        assert f"| {label} |" in table
+        assert (tmp_path / "demo" / label.lower() / "result.json").is_file()
+    assert (tmp_path / "demo" / "curves.png").stat().st_size > 10_000
+    stamp = (tmp_path / "demo" / "ckd" / "last.pt").stat().st_mtime_ns
+    assert run_demo(tmp_path / "demo", data_root=str(fake_fmnist), overrides=fast) == table
+    assert (tmp_path / "demo" / "ckd" / "last.pt").stat().st_mtime_ns == stamp

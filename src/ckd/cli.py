@@ -45,7 +45,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from ckd.config import ModelConfig
     from ckd.data import build_dataset, dataset_info, subset
-    from ckd.engine.build import amp_dtype, pick_device
+    from ckd.engine.build import amp_dtype, build_model, pick_device
     from ckd.engine.checkpoint import load_checkpoint
     from ckd.engine.evaluate import evaluate
     from ckd.models import MODELS
@@ -53,7 +53,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # not a checkpoint, or one weights_only refuses to unpickle
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: cannot be read as a checkpoint: {reason[:200]}") from None
     saved = ckpt.get("config") or {}
     model_name = args.model or saved.get("student", {}).get("name")
     data = dict(saved.get("data") or {})
@@ -66,8 +70,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     MODELS.get(model_name)
     root = args.data_root if args.data_root is not None else data.get("root")
     info = dataset_info(data_name)
-    from ckd.engine.build import build_model
-
     model = build_model(ModelConfig(model_name, str(path)), info)
     device = pick_device(args.device)
     dataset = subset(build_dataset(data_name, root, train=False, augment=False), args.subset)
@@ -96,7 +98,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if what in ("all", "methods"):
         print("methods:")
         for name, cls in METHODS.items():
-            print(f"  {name:<8} {cls.description}  [{cls.paper}]")
+            print(f"  {name:<10} {cls.description}  [{cls.paper}]")
     if what in ("all", "datasets"):
         print("datasets:")
         for name in DATASETS:

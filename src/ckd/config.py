@@ -70,8 +70,24 @@ class RunConfig:
 
 @dataclass
 class MethodConfig:
+    """``method: {name: ckd, <options of ckd>..., also: [{name: ..., <options>...}]}``.
+
+    ``also`` runs further methods with the first one (e.g. a feature loss beside a logit loss):
+    their loss terms are summed; a term name several give (``ce``) is taken from the first.
+    """
+
     name: str
     options: MethodOptions
+    also: list[MethodConfig] = field(default_factory=list)
+
+    def parts(self) -> list[MethodConfig]:
+        return [self, *self.also]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, **to_dict(self.options)}
+        if self.also:
+            d["also"] = [m.to_dict() for m in self.also]
+        return d
 
 
 @dataclass
@@ -88,7 +104,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping that :func:`config_from_dict` turns back into the same config."""
         d = to_dict(self)
-        d["method"] = {"name": self.method.name, **to_dict(self.method.options)}
+        d["method"] = self.method.to_dict()
         return d
 
     def default_out_dir(self) -> Path:
@@ -177,18 +193,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def method_from_dict(data: Any, where: str = "method", nested: bool = True) -> MethodConfig:
+    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``."""
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(f"{where}: expected a mapping with a name, one of {METHODS.names()}")
+    data = dict(data)
+    name = data.pop("name")
+    if name not in METHODS:
+        raise ConfigError(f"{where}.name: unknown method {name!r}; known: {', '.join(METHODS)}")
+    also = data.pop("also", []) if nested else []
+    if not isinstance(also, list):
+        raise ConfigError(f"{where}.also: expected a list of methods, got {also!r}")
+    options = build(METHODS.get(name).Options, data, where)
+    parts = [method_from_dict(m, f"{where}.also[{i}]", nested=False) for i, m in enumerate(also)]
+    return MethodConfig(name, options, parts)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Typed, fully validated config from a plain mapping."""
     data = dict(data)
-    method = data.pop("method", None)
-    if not isinstance(method, dict) or "name" not in method:
-        raise ConfigError(f"method: expected a mapping with a name, one of {METHODS.names()}")
-    method = dict(method)
-    name = method.pop("name")
-    if name not in METHODS:
-        raise ConfigError(f"method.name: unknown method {name!r}; known: {', '.join(METHODS)}")
-    options = build(METHODS.get(name).Options, method, "method")
-    cfg = build(Config, data, "", given={"method": MethodConfig(name, options)})
+    method = method_from_dict(data.pop("method", None))
+    cfg = build(Config, data, "", given={"method": method})
     validate(cfg)
     return cfg
 
@@ -230,11 +255,11 @@ def validate(cfg: Config) -> None:
                 Path(m.checkpoint).is_file(),
                 f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
             )
-    needs_teacher = METHODS.get(cfg.method.name).needs_teacher
-    if needs_teacher:
+    needing = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_teacher]
+    if needing:
         _require(
             cfg.teacher is not None and cfg.teacher.checkpoint is not None,
-            f"method {cfg.method.name!r} needs a teacher: set teacher.name and "
+            f"method {needing[0]!r} needs a teacher: set teacher.name and "
             "teacher.checkpoint (a file trained with method vanilla, or a reference checkpoint)",
         )
     else:
@@ -242,10 +267,11 @@ def validate(cfg: Config) -> None:
             cfg.teacher is None,
             f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
         )
-    try:
-        cfg.method.options.validate()
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    for part in cfg.method.parts():
+        try:
+            part.options.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     for key in ("batch_size", "test_batch_size"):
         _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
@@ -263,11 +289,10 @@ def validate(cfg: Config) -> None:
     )
     _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
-    if o.schedule == "step":
+    if o.schedule == "step":  # milestones past the last epoch are allowed (they never fire)
         _require(
-            all(0 < m <= o.epochs for m in o.milestones)
-            and o.milestones == sorted(set(o.milestones)),
-            f"optim.milestones must be increasing epochs in (0, {o.epochs}]; got {o.milestones}",
+            all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
+            f"optim.milestones must be increasing positive epochs; got {o.milestones}",
         )
     _require(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from ckd.config import Config, DataConfig, ModelConfig
 from ckd.data import DatasetInfo, build_dataset, dataset_info, subset
 from ckd.errors import ConfigError
-from ckd.methods import METHODS, Distiller
+from ckd.methods import METHODS, Distiller, Setup, Shapes
+from ckd.methods.base import network_shapes
 from ckd.models import create_model, load_weights
 
 
@@ -118,8 +119,22 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     return net
 
 
-def build_distiller(cfg: Config, info: DatasetInfo) -> Distiller:
-    """The configured method around a fresh student and the (frozen) teacher."""
+def build_distiller(cfg: Config, info: DatasetInfo, num_train: int) -> Distiller:
+    """The configured method(s) around a fresh student and the (frozen) teacher.
+
+    Methods that read features are told the student's and teacher's feature shapes (from one
+    forward pass on a blank batch) so they can size their own modules.
+    """
     student = build_model(cfg.student, info)
     teacher = build_model(cfg.teacher, info) if cfg.teacher is not None else None
-    return METHODS.get(cfg.method.name)(student, teacher, cfg.method.options)
+    parts = cfg.method.parts()
+    classes = [METHODS.get(p.name) for p in parts]
+    shapes: dict[str, Shapes | None] = {"student": None, "teacher": None}
+    if any(c.needs_features for c in classes):
+        blank = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
+        shapes["student"] = network_shapes(student, info.num_classes, blank)
+        if teacher is not None:
+            shapes["teacher"] = network_shapes(teacher, info.num_classes, blank)
+    setup = Setup(info.num_classes, num_train, **shapes)
+    methods = [cls(p.options, setup) for cls, p in zip(classes, parts, strict=True)]
+    return Distiller(student, teacher, methods)

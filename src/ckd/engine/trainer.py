@@ -88,7 +88,7 @@ class Trainer:
         seed_everything(cfg.run.seed)
         self.data = build_data(cfg.data, seed=cfg.run.seed)
         self.test_loader = test_loader(self.data, cfg.data, self.device)
-        self.distiller = build_distiller(cfg, self.data.info).to(self.device)
+        self.distiller = build_distiller(cfg, self.data.info, len(self.data.train)).to(self.device)
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
             self.distiller.trainable_parameters(),
@@ -222,8 +222,9 @@ class Trainer:
             )
         d = self.distiller
         teacher_top1 = None
+        methods = " + ".join(m.name for m in cfg.method.parts())
         self.echo(
-            f"run {self.out_dir}: {cfg.method.name}, student {cfg.student.name} "
+            f"run {self.out_dir}: {methods}, student {cfg.student.name} "
             f"({sum(p.numel() for p in d.student.parameters()):,} parameters"
             f"{f', +{d.extra_parameters():,} in the method' if d.extra_parameters() else ''}), "
             f"{cfg.data.name} {len(self.data.train)} train / {len(self.data.test)} test, "

@@ -1,8 +1,15 @@
-"""The distiller contract every method follows.
+"""The method contract and the distiller that runs methods.
 
-A method is a pure loss function (in :mod:`ckd.losses`) plus a thin :class:`Distiller` that owns
-the student and a frozen teacher and turns one batch into the student's logits and a dict of
-named, already weighted loss terms. The trainer sums the dict; it never knows which method runs.
+A **method** is a pure loss function (in :mod:`ckd.losses` or in its own file) plus a thin
+:class:`Method` module that turns one training batch into a dict of named, already weighted loss
+terms. A method may own learnable parts (regressors, embeddings, memory banks): they are then
+trained, checkpointed and counted like any module.
+
+The **distiller** owns the student and the frozen teacher (eval mode, no gradient, never in the
+optimizer), runs them once per batch, and sums the terms of its methods. The trainer only sees
+the distiller; it never knows which method runs. Several methods may run together (e.g. a
+feature loss plus a logit loss): their terms are summed, and a term name given by several
+methods (``ce`` typically) is taken from the first one only.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ckd.models.features import stage_features
 from ckd.registry import Registry
 
 
@@ -26,91 +34,191 @@ class MethodOptions:
 
     def validate(self) -> None:
         """Raise ValueError naming a bad value. Subclasses extend this."""
-        if self.w_ce < 0:
-            raise ValueError(f"method.w_ce must be >= 0; got {self.w_ce}")
+        self.require(self.w_ce >= 0, "w_ce", ">= 0")
+
+    def require(self, ok: bool, field: str, allowed: str) -> None:
+        """Raise ``ValueError("method.<field> must be <allowed>; got <value>")`` unless ``ok``."""
+        if not ok:
+            raise ValueError(f"method.{field} must be {allowed}; got {getattr(self, field)!r}")
 
 
-class Distiller(nn.Module):
-    """Owns ``student`` (trained) and ``teacher`` (frozen: eval mode, no gradient, not trained).
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """What one network gives for a batch: logits ``[B, K]``, and when features were asked for,
+    its stage feature maps (shallow to deep, each ``[B, C_i, H_i, W_i]``) and pooled embedding
+    ``[B, D]``."""
 
-    Subclasses set :attr:`Options`, :attr:`description`, :attr:`paper` and implement
-    :meth:`losses`. Modules a method adds (regressors, embeddings, ...) are registered as
-    attributes and are then trained, checkpointed and counted by :meth:`extra_parameters`.
+    logits: torch.Tensor
+    feats: tuple[torch.Tensor, ...] = ()
+    embedding: torch.Tensor | None = None
 
-    ``forward_train(images, targets, **ctx)`` receives from the trainer, for every method alike:
-    ``epoch`` (int, 0-based), ``step`` (int, global optimisation step) and ``index`` (``[B]``
-    int64 dataset indices of the samples).
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """Feature geometry of a network (without the batch dimension), for sizing method modules."""
+
+    feats: tuple[tuple[int, ...], ...]
+    embedding: int
+    num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a method may know when it is built."""
+
+    num_classes: int
+    num_train: int  # size of the training set (e.g. for a memory bank over all samples)
+    student: Shapes | None = None  # set when the method needs features
+    teacher: Shapes | None = None
+
+
+class Batch:
+    """One training batch as every method sees it.
+
+    ``student`` holds the student's :class:`Outputs` (with gradient); ``teacher`` the teacher's,
+    computed on first access (once per batch, whatever the number of methods) without gradient.
+    ``epoch`` (0-based), ``step`` (global optimisation step) and ``index`` (``[B]`` dataset
+    indices of the samples) come from the trainer, the same for every method.
+    """
+
+    def __init__(
+        self,
+        distiller: Distiller,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        student: Outputs,
+        epoch: int = 0,
+        step: int = 0,
+        index: torch.Tensor | None = None,
+    ) -> None:
+        self.images, self.targets, self.student = images, targets, student
+        self.epoch, self.step, self.index = epoch, step, index
+        self._distiller = distiller
+        self._teacher: Outputs | None = None
+
+    @property
+    def teacher(self) -> Outputs:
+        if self._teacher is None:
+            self._teacher = self._distiller.teacher_outputs(self.images)
+        return self._teacher
+
+
+class Method(nn.Module):
+    """A distillation method: ``forward(batch) -> {term name: weighted scalar}``.
+
+    Subclasses set :attr:`Options`, :attr:`description`, :attr:`paper`, and
+    :attr:`needs_teacher` / :attr:`needs_features` when they differ from the defaults.
     """
 
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_teacher: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = False
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
 
+    def __init__(self, options: MethodOptions, setup: Setup) -> None:
+        super().__init__()
+        self.options = options
+        self.setup = setup
+
+    def forward(self, b: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def ce(self, b: Batch) -> torch.Tensor:
+        """The weighted label cross-entropy term, in float32."""
+        return self.options.w_ce * F.cross_entropy(b.student.logits.float(), b.targets)
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def run_network(model: nn.Module, images: torch.Tensor, features: bool) -> Outputs:
+    """Forward ``model``; with ``features``, also read its stages and embedding by hooks."""
+    if not features:
+        return Outputs(model(images))
+    logits, feats, embedding = stage_features(model, images)
+    return Outputs(logits, tuple(feats), embedding)
+
+
+def network_shapes(model: nn.Module, num_classes: int, sample: torch.Tensor) -> Shapes:
+    """Feature shapes of ``model`` on ``sample`` ``[1+, C, H, W]`` (eval mode, no gradient)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = run_network(model, sample, features=True)
+    model.train(was_training)
+    return Shapes(
+        tuple(tuple(f.shape[1:]) for f in out.feats), int(out.embedding.shape[1]), num_classes
+    )
+
+
+class Distiller(nn.Module):
+    """Student (trained) + frozen teacher + one or more methods whose terms are summed."""
+
     def __init__(
-        self, student: nn.Module, teacher: nn.Module | None, options: MethodOptions
+        self, student: nn.Module, teacher: nn.Module | None, methods: list[Method]
     ) -> None:
         super().__init__()
-        if self.needs_teacher and teacher is None:
-            raise ValueError(f"method {type(self).__name__} needs a teacher")
+        if not methods:
+            raise ValueError("a distiller needs at least one method")
+        needing = [type(m).__name__ for m in methods if m.needs_teacher]
+        if needing and teacher is None:
+            raise ValueError(f"method {needing[0]} needs a teacher")
         self.student = student
         self.teacher = teacher
-        self.options = options
+        self.methods = nn.ModuleList(methods)
+        self.needs_features = any(m.needs_features for m in methods)
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
 
-    # ----- the teacher stays frozen whatever the trainer does -----
     def train(self, mode: bool = True) -> Distiller:
+        """Train/eval the student and methods; the teacher always stays in eval mode."""
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
         return self
 
     @torch.no_grad()
-    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C]`` teacher logits, no gradient, teacher in eval mode."""
-        assert self.teacher is not None
-        return self.teacher(images)
+    def teacher_outputs(self, images: torch.Tensor) -> Outputs:
+        """The teacher's outputs for a batch, without gradient, in eval mode."""
+        if self.teacher is None:
+            raise RuntimeError("this distiller has no teacher")
+        return run_network(self.teacher, images, self.needs_features)
 
-    # ----- what the trainer calls -----
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Inference: the student's logits ``[B, C]``."""
+        """Inference: the student's logits ``[B, K]``."""
         return self.student(images)
 
     def forward_train(
         self, images: torch.Tensor, targets: torch.Tensor, **ctx: Any
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One training batch -> (student logits ``[B, C]``, {term name: weighted scalar})."""
-        logits = self.student(images)
-        return logits, self.losses(logits, images, targets, **ctx)
+        """One training batch -> (student logits ``[B, K]``, {term name: weighted scalar}).
 
-    def losses(
-        self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, **ctx: Any
-    ) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def ce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The weighted label cross-entropy term, in float32."""
-        return self.options.w_ce * F.cross_entropy(logits.float(), targets)
+        ``ctx`` (``epoch``, ``step``, ``index``) is passed on to every method in the
+        :class:`Batch`.
+        """
+        student = run_network(self.student, images, self.needs_features)
+        batch = Batch(self, images, targets, student, **ctx)
+        terms: dict[str, torch.Tensor] = {}
+        for method in self.methods:
+            for name, value in method(batch).items():
+                terms.setdefault(name, value)
+        return student.logits, terms
 
     # ----- parameters and state -----
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The student's parameters and those of the method's own modules, never the teacher's."""
+        """The student's parameters and those of the methods' modules, never the teacher's."""
         for name, p in self.named_parameters():
             if not name.startswith("teacher."):
                 yield p
 
     def extra_parameters(self) -> int:
-        """Number of trainable parameters the method adds beyond the student."""
-        return sum(
-            p.numel()
-            for name, p in self.named_parameters()
-            if not name.startswith(("teacher.", "student."))
-        )
+        """Number of trainable parameters the methods add beyond the student."""
+        return sum(p.numel() for p in self.methods.parameters())
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """State of the student and the method's modules (the teacher is not saved)."""
+        """State of the student and the methods (the teacher is not saved)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -121,6 +229,3 @@ class Distiller(nn.Module):
                 f"checkpoint does not fit this method/student: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}"
             )
-
-
-METHODS: Registry[type[Distiller]] = Registry("method")

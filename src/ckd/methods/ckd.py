@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 
 from ckd.losses import NEGATIVES, ckd_loss
-from ckd.methods.base import METHODS, Distiller, MethodOptions
+from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
 @dataclasses.dataclass
@@ -20,16 +19,12 @@ class CKDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.temperature <= 0:
-            raise ValueError(f"method.temperature must be > 0; got {self.temperature}")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(
-                f"method.negatives must be one of {', '.join(NEGATIVES)}; got {self.negatives!r}"
-            )
+        self.require(self.temperature > 0, "temperature", "> 0")
+        self.require(self.negatives in NEGATIVES, "negatives", f"one of {', '.join(NEGATIVES)}")
 
 
 @METHODS.register("ckd")
-class CKD(Distiller):
+class CKD(Method):
     Options = CKDOptions
     description = "sample-wise InfoNCE between L2-normalised teacher and student logits of a batch"
     paper = (
@@ -37,12 +32,10 @@ class CKD(Distiller):
         "IEEE TIP 2025"
     )
 
-    def losses(
-        self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, **ctx: Any
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        teacher = self.teacher_logits(images)
         return {
-            "ce": self.ce(logits, targets),
-            "ckd": o.w_ckd * ckd_loss(logits, teacher, o.temperature, o.negatives),
+            "ce": self.ce(b),
+            "ckd": o.w_ckd
+            * ckd_loss(b.student.logits, b.teacher.logits, o.temperature, o.negatives),
         }

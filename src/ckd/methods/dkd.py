@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 
 from ckd.losses import dkd_loss
-from ckd.methods.base import METHODS, Distiller, MethodOptions
+from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
 @dataclasses.dataclass
@@ -20,14 +19,12 @@ class DKDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.temperature <= 0:
-            raise ValueError(f"method.temperature must be > 0; got {self.temperature}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"method.warmup_epochs must be >= 0; got {self.warmup_epochs}")
+        self.require(self.temperature > 0, "temperature", "> 0")
+        self.require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
 
 
 @METHODS.register("dkd")
-class DKD(Distiller):
+class DKD(Method):
     Options = DKDOptions
     description = "KD decoupled into target-class (TCKD) and non-target-class (NCKD) parts"
     paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
@@ -37,13 +34,9 @@ class DKD(Distiller):
         w = self.options.warmup_epochs
         return 1.0 if w == 0 else min((epoch + 1) / w, 1.0)
 
-    def losses(
-        self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, **ctx: Any
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        teacher = self.teacher_logits(images)
-        dkd = dkd_loss(logits, teacher, targets, o.alpha, o.beta, o.temperature)
-        return {
-            "ce": self.ce(logits, targets),
-            "dkd": self.warmup_factor(ctx.get("epoch", 0)) * dkd,
-        }
+        dkd = dkd_loss(
+            b.student.logits, b.teacher.logits, b.targets, o.alpha, o.beta, o.temperature
+        )
+        return {"ce": self.ce(b), "dkd": self.warmup_factor(b.epoch) * dkd}

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 
 from ckd.losses import kd_loss
-from ckd.methods.base import METHODS, Distiller, MethodOptions
+from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
 @dataclasses.dataclass
@@ -19,22 +18,18 @@ class KDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.temperature <= 0:
-            raise ValueError(f"method.temperature must be > 0; got {self.temperature}")
+        self.require(self.temperature > 0, "temperature", "> 0")
 
 
 @METHODS.register("kd")
-class KD(Distiller):
+class KD(Method):
     Options = KDOptions
     description = "KL between temperature-softened teacher and student probabilities"
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, 2015"
 
-    def losses(
-        self, logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, **ctx: Any
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        teacher = self.teacher_logits(images)
         return {
-            "ce": self.ce(logits, targets),
-            "kd": o.w_kd * kd_loss(logits, teacher, o.temperature),
+            "ce": self.ce(b),
+            "kd": o.w_kd * kd_loss(b.student.logits, b.teacher.logits, o.temperature),
         }
