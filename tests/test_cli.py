@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ckd.cli import main
-from ckd.config import CONFIG_DIR, _read_yaml, load_config, shipped_configs
+from ckd.config import CONFIG_DIR, load_config, read_yaml, shipped_configs
 from tests.conftest import tiny_config
 
 
@@ -138,7 +138,7 @@ def test_every_shipped_config_loads(tmp_path):
     names = shipped_configs()
     assert len(names) >= 4 * 11
     for name in names:
-        has_teacher = "teacher" in _read_yaml(CONFIG_DIR / f"{name}.yaml")
+        has_teacher = "teacher" in read_yaml(CONFIG_DIR / f"{name}.yaml")
         cfg = load_config(name, [f"teacher.checkpoint={__file__}"] if has_teacher else [])
         assert cfg.student.name
 

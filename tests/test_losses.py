@@ -240,3 +240,11 @@ def test_dkd_parts_recompose_kd():
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_losses_stay_float32_under_autocast():
+    s, t, y = torch.randn(16, 100), torch.randn(16, 100), torch.arange(16)
+    plain = [ckd_loss(s, t), kd_loss(s, t), dkd_loss(s, t, y)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = [ckd_loss(s, t), kd_loss(s, t), dkd_loss(s, t, y)]
+    assert [u.item() for u in under] == [p.item() for p in plain]

@@ -125,6 +125,127 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ckd.engine.bench import DEFAULT_VARIANTS, PATHS, BenchSpec, bench_speed, format_report
+    from ckd.methods import METHODS
+    from ckd.models import MODELS
+
+    for name in (args.teacher, args.student):
+        MODELS.get(name)
+    for key in ("batch_size", "steps", "warmup", "rounds", "workers", "threads"):
+        value, least = getattr(args, key), 0 if key in ("warmup", "workers") else 1
+        if value is not None and value < least:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= {least}; got {value}")
+    variants = DEFAULT_VARIANTS
+    if args.variants:
+        variants = tuple(tuple(v.split(":", 1)) for v in args.variants.split(","))
+        for v in variants:
+            if len(v) != 2 or v[0] not in PATHS or v[1] not in ("ckd", "kd", "vanilla"):
+                raise ConfigError(
+                    f"--variants: {':'.join(v)!r} is not PATH:METHOD with PATH one of "
+                    f"{', '.join(PATHS)} and METHOD one of ckd, kd, vanilla"
+                )
+            METHODS.get(v[1])
+            if v[0].startswith("cache") and v[1] == "vanilla":
+                raise ConfigError(f"--variants: {':'.join(v)} has no teacher to cache")
+    spec = BenchSpec(
+        teacher=args.teacher,
+        student=args.student,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        num_classes=args.classes,
+        num_workers=args.workers,
+        device=args.device,
+        threads=args.threads,
+    )
+    result = bench_speed(spec, variants, memory=not args.no_memory, profile=args.profile, echo=_say)
+    report = format_report(result)
+    print(report)
+    if args.profile:
+        for path, table in result.get("profiles", {}).items():
+            print(f"\ntorch.profiler, {PATHS[path]} (CKD), top operators by self time:\n{table}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import shutil
+
+    from ckd.config import load_config
+
+    if args.action == "info":
+        manifest = Path(args.config) / "manifest.json"
+        if not manifest.is_file():
+            raise ConfigError(f"{args.config} is not a teacher cache (no manifest.json)")
+        m = json.loads(manifest.read_text())
+        feats = "with features" if m.get("features") else "logits only"
+        print(
+            f"{args.config}: teacher {m['teacher']['name']} "
+            f"(sha256 {m['teacher']['checkpoint_sha256'][:12]}), {m['dataset']['name']} "
+            f"{m['dataset']['num_train']} train views x {m['epochs']} epochs, "
+            f"aug_seed {m['aug_seed']}, {feats}, built on {m['built']['device']} "
+            f"in {m['built']['seconds']} s"
+        )
+        return 0
+    import torch
+
+    from ckd.data.fast import memory_data
+    from ckd.engine.build import build_data, build_model, pick_device
+    from ckd.engine.cache import build_cache, cache_identity, open_cache
+    from ckd.engine.trainer import channels_last_enabled
+
+    overrides = [*args.overrides, "data.loader=fast"]
+    if args.out:
+        overrides.append(f"run.teacher_cache={args.out}")
+    cfg = load_config(args.config, overrides)
+    folder = cfg.run.teacher_cache
+    if folder is None:
+        raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
+    if cfg.teacher is None:
+        raise ConfigError(f"cache build: method {cfg.method.name!r} uses no teacher")
+    device = pick_device(cfg.run.device)
+    channels_last = channels_last_enabled(cfg.run.channels_last, device)
+    data = build_data(cfg.data, seed=cfg.run.seed)
+    train = memory_data(data.train, device, cfg.data.name)
+    teacher = build_model(cfg.teacher, data.info).to(device).eval()
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    identity = cache_identity(cfg, train)
+    if args.force and Path(folder).exists():
+        shutil.rmtree(folder)
+    cache = open_cache(folder, identity, cfg.optim.epochs)
+    if cache is not None and (cache.has_features or not args.features):
+        print(f"{folder}: up to date ({cache.epochs} epochs); nothing to do")
+        return 0
+    if cache is not None:
+        raise ConfigError(f"{folder} holds logits only; rebuild it with --features --force")
+    cache = build_cache(
+        folder,
+        teacher,
+        train,
+        identity,
+        cfg.optim.epochs,
+        batch_size=max(cfg.data.batch_size, cfg.data.test_batch_size),
+        channels_last=channels_last,
+        features=args.features,
+        echo=_say,
+    )
+    size = sum(f.stat().st_size for f in Path(folder).iterdir()) / 2**20
+    print(
+        f"wrote {folder}: {cache.epochs} epochs x {len(train)} views, {size:.1f} MiB, "
+        f"in {cache.manifest['built']['seconds']} s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ckd", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -174,6 +295,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", default=None)
     d.add_argument("overrides", nargs="*", help="key.path=value applied to every run")
     d.set_defaults(func=_cmd_demo)
+
+    b = sub.add_parser("bench", help="speed: the input paths and methods side by side")
+    b.add_argument("what", choices=["speed"])
+    b.add_argument("--teacher", default="resnet56")
+    b.add_argument("--student", default="resnet20")
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--steps", type=int, default=15, help="timed steps per variant and round")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    b.add_argument("--rounds", type=int, default=3)
+    b.add_argument("--classes", type=int, default=100)
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers of path (a)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    b.add_argument(
+        "--variants",
+        default=None,
+        help="PATH:METHOD,... with PATH standard|fast|fast-compiled|cache|cache-compiled and "
+        "METHOD ckd|kd|vanilla (default: the paths on ckd, then fast:kd,cache:kd,fast:vanilla)",
+    )
+    b.add_argument("--profile", action="store_true", help="also a time breakdown and profiles")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    b.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")
+    b.set_defaults(func=_cmd_bench)
+
+    c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
+    c.add_argument("action", choices=["build", "info"])
+    c.add_argument("config", help="build: a config (as for train); info: a cache folder")
+    c.add_argument("overrides", nargs="*", help="key.path=value, as for train")
+    c.add_argument("--out", default=None, help="the cache folder (default: run.teacher_cache)")
+    c.add_argument("--features", action="store_true", help="also the teacher's features")
+    c.add_argument("--force", action="store_true", help="replace what is in the folder")
+    c.set_defaults(func=_cmd_cache)
     return p
 
 

@@ -36,12 +36,23 @@ class DataConfig:
     test_subset: int | None = None
     augment: bool = True
     download: bool = False  # let torchvision download when online (never needed offline)
+    # standard: per-image transforms in DataLoader workers. fast: the training set held once as
+    # uint8 on the run's device, crop/flip/normalise applied to whole batches there, each
+    # (epoch, sample)'s augmentation drawn from (aug_seed, epoch) so it can be replayed
+    # (ckd.data.fast); needed by run.teacher_cache.
+    loader: Literal["standard", "fast"] = "standard"
+    aug_seed: int | None = None  # fast loader: seed of the augmentation draws (null: run.seed)
 
 
 @dataclass
 class ModelConfig:
-    name: str  # a name from ckd.models.MODELS
+    name: str  # a name from ckd.models.MODELS, or tv:<torchvision model>, timm:<timm model>
     checkpoint: str | None = None  # weights to load (teacher: required)
+    # The model's own input normalisation (per channel, on [0, 1] pixels), when it differs from
+    # the dataset's: the model then sees the dataset's images re-normalised with these. Both or
+    # neither; null: the dataset's normalisation.
+    input_mean: list[float] | None = None
+    input_std: list[float] | None = None
 
 
 @dataclass
@@ -66,6 +77,15 @@ class RunConfig:
     out_dir: str | None = None  # default: runs/<config name>/seed<seed>
     tensorboard: bool = True
     progress: bool = True  # progress bars (only on a terminal)
+    # Models and batches in channels_last memory format. auto: on (faster on CUDA and on the
+    # CPU with oneDNN, see benchmarks/README.md).
+    channels_last: bool | Literal["auto"] = "auto"
+    # torch.compile: true = student and teacher; teacher = the frozen teacher alone (compiled for
+    # inference with freezing: BN folded into the convolutions). Costs a minute or more up front.
+    compile: bool | Literal["teacher"] = False
+    # Folder of the teacher-output cache (ckd.engine.cache): the teacher's logits of every
+    # (epoch, sample) of the fast loader, built on first use or by `ckd cache build`.
+    teacher_cache: str | None = None
 
 
 @dataclass
@@ -141,7 +161,7 @@ def shipped_configs() -> list[str]:
     return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in files)
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle")
     try:
@@ -159,7 +179,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("_base_", None)
     if base is None:
         return data
-    return _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
+    return _merge(read_yaml((path.parent / base).resolve(), (*seen, path)), data)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +241,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, merge, override and validate a config file (or a shipped config's name)."""
     p = resolve_config_path(path)
-    data = apply_overrides(_read_yaml(p.resolve()), overrides or [])
+    data = apply_overrides(read_yaml(p.resolve()), overrides or [])
     data.pop("source", None)
     cfg = config_from_dict(data)
     cfg.source = str(p)
@@ -254,6 +274,23 @@ def validate(cfg: Config) -> None:
             _require(
                 Path(m.checkpoint).is_file(),
                 f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
+            )
+        _require(
+            (m.input_mean is None) == (m.input_std is None),
+            f"{role}.input_mean and {role}.input_std go together; got only "
+            f"{'input_mean' if m.input_std is None else 'input_std'}",
+        )
+        if m.input_mean is not None and m.input_std is not None:
+            channels = DATASETS.get(d.name).info.in_channels
+            for key in ("input_mean", "input_std"):
+                v = getattr(m, key)
+                _require(
+                    len(v) == channels,
+                    f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; got {v}",
+                )
+            _require(
+                all(x > 0 for x in m.input_std),
+                f"{role}.input_std must be > 0; got {m.input_std}",
             )
     needing = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_teacher]
     if needing:
@@ -298,3 +335,31 @@ def validate(cfg: Config) -> None:
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
         f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
     )
+    _require(
+        d.aug_seed is None or d.aug_seed >= 0,
+        f"data.aug_seed must be >= 0 or null; got {d.aug_seed}",
+    )
+    _require(
+        d.aug_seed is None or d.loader == "fast",
+        f"data.aug_seed is for data.loader=fast; got data.loader={d.loader!r}",
+    )
+    if r.teacher_cache is not None:
+        _require(
+            r.teacher_cache.strip() != "", "run.teacher_cache must be a folder path or null; got ''"
+        )
+        _require(
+            d.loader == "fast",
+            f"run.teacher_cache needs data.loader=fast (the standard loader's augmentation "
+            f"cannot be replayed); got data.loader={d.loader!r}",
+        )
+        _require(
+            cfg.teacher is not None,
+            f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
+        )
+    if r.compile is not False:
+        feature_methods = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_features]
+        if feature_methods:
+            raise ConfigError(
+                f"run.compile: method {feature_methods[0]!r} reads features through hooks, which "
+                "torch.compile would retrace every step; set run.compile=false"
+            )

@@ -38,3 +38,37 @@ def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) ->
 
 
 _NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
+
+
+def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
+    """Mean ± std of the last-epoch top-1 per (label, student), one bar each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ckd.report import aggregate
+
+    groups = aggregate(rows)
+    names = [
+        g.label if len({x.student for x in groups}) == 1 else f"{g.label}\n{g.student}"
+        for g in groups
+    ]
+    means = [g.mean for g in groups]
+    stds = [0.0 if len(g.values) < 2 else g.std for g in groups]
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(groups)), 4))
+    ax.bar(range(len(groups)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    for i, g in enumerate(groups):
+        ax.scatter([i] * len(g.values), g.values, color="black", s=10, zorder=3)
+    ax.set_xticks(range(len(groups)), names, rotation=30, ha="right")
+    low = min(min(g.values) for g in groups)
+    high = max(max(g.values) for g in groups)
+    pad = max(1.0, 0.15 * (high - low))
+    ax.set_ylim(low - pad, high + pad)
+    ax.set(ylabel="last-epoch test top-1 (%)", title=title or "mean ± std over seeds")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

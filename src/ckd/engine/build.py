@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ckd.config import Config, DataConfig, ModelConfig
 from ckd.data import DatasetInfo, build_dataset, dataset_info, subset
+from ckd.data.fast import FastLoader, MemoryData, draw_augmentation, memory_data
 from ckd.errors import ConfigError
 from ckd.methods import METHODS, Distiller, Setup, Shapes
 from ckd.methods.base import network_shapes
-from ckd.models import create_model, load_weights
+from ckd.models import Renormalize, create_model, is_external, load_weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,14 +109,80 @@ def train_loader(
     )
 
 
+def fast_data(data: DataBundle, cfg: DataConfig, device: torch.device) -> FastData:
+    """``data.loader=fast``: both splits held in memory as uint8 on ``device``."""
+    return FastData(
+        memory_data(data.train, device, cfg.name), memory_data(data.test, device, cfg.name)
+    )
+
+
+@dataclass
+class FastData:
+    train: MemoryData
+    test: MemoryData
+
+
+def fast_train_loader(
+    train: MemoryData,
+    cfg: DataConfig,
+    generator: torch.Generator,
+    aug_seed: int,
+    epoch: int,
+    channels_last: bool = False,
+) -> FastLoader:
+    """The fast path's loader for one epoch: the order from ``generator``, each sample's
+    augmentation from ``(aug_seed, epoch, sample)`` (see :mod:`ckd.data.fast`)."""
+    n = len(train)
+    order = torch.randperm(n, generator=generator)
+    aug = train.augment
+    params = draw_augmentation(aug, n, aug_seed, epoch) if aug.random else None
+    return FastLoader(
+        train,
+        cfg.batch_size,
+        order,
+        params,
+        drop_last=n > cfg.batch_size,
+        channels_last=channels_last,
+    )
+
+
+def fast_test_loader(test: MemoryData, cfg: DataConfig, channels_last: bool = False) -> FastLoader:
+    return FastLoader(
+        test, cfg.test_batch_size, torch.arange(len(test)), None, False, channels_last
+    )
+
+
 def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
-    """A zoo model for this dataset; weights from ``model.checkpoint`` when given."""
+    """A model for this dataset (zoo, ``tv:`` or ``timm:``); weights from ``model.checkpoint``
+    when given. With ``model.input_mean`` / ``input_std`` the network is wrapped in
+    :class:`~ckd.models.Renormalize` (after loading, and with the same state-dict keys), so it
+    sees the dataset's images normalised its own way."""
     net = create_model(model.name, num_classes=info.num_classes, in_channels=info.in_channels)
+    if is_external(model.name):  # a foreign model may not run on small images: say so now
+        blank = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
+        modes = {m: m.training for m in net.modules()}
+        try:
+            with torch.no_grad():
+                net.eval()(blank)
+        except (RuntimeError, ValueError, AssertionError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"{model.name} does not run on {info.name} images "
+                f"({info.in_channels}x{info.image_size}x{info.image_size}): {reason}"
+            ) from None
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
     if model.checkpoint is not None:
         try:
             load_weights(net, model.checkpoint)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"{model.checkpoint}: does not fit {model.name}: {e}") from None
+    if model.input_mean is not None and model.input_std is not None:
+        try:
+            net = Renormalize(net, info.mean, info.std, model.input_mean, model.input_std)
+        except ValueError as e:
+            raise ConfigError(f"{model.name}: {e}") from None
     return net
 
 

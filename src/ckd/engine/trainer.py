@@ -8,12 +8,13 @@ run that is stopped and resumed ends exactly where an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,20 @@ from ckd.engine.build import (
     amp_dtype,
     build_data,
     build_distiller,
+    fast_data,
+    fast_test_loader,
+    fast_train_loader,
     pick_device,
     test_loader,
     train_loader,
+)
+from ckd.engine.cache import (
+    TeacherCache,
+    aug_seed_of,
+    build_cache,
+    cache_identity,
+    open_cache,
+    verify_cache,
 )
 from ckd.engine.checkpoint import (
     FORMAT,
@@ -42,6 +54,7 @@ from ckd.engine.evaluate import evaluate
 from ckd.engine.metrics import MetricsLog
 from ckd.engine.schedule import learning_rate
 from ckd.errors import ConfigError, RunDirError
+from ckd.methods.base import Distiller, Outputs, TeacherSource
 
 # Keys that may differ between the run being resumed and the config given to resume it.
 _RESUME_FREE = {"run.progress", "run.tensorboard", "run.out_dir", "source", "data.num_workers"}
@@ -49,10 +62,54 @@ _RESUME_FREE = {"run.progress", "run.tensorboard", "run.out_dir", "source", "dat
 
 _say = functools.partial(print, flush=True)
 
+# Settings added after runs were started without them, with their defaults: a checkpoint whose
+# config lacks one is taken to have the default (so such runs can still be resumed).
+_ADDED_SETTINGS = {
+    "data.loader": "standard",
+    "data.aug_seed": None,
+    "run.channels_last": "auto",
+    "run.compile": False,
+    "run.teacher_cache": None,
+}
+#: Batches of the run's own first epoch that are recomputed to verify a teacher cache.
+CACHE_VERIFY_BATCHES = 2
+
+
+def channels_last_enabled(setting: bool | str, device: torch.device) -> bool:
+    """``run.channels_last``: ``auto`` is on for CUDA and the CPU (oneDNN), where it is faster
+    (benchmarks/README.md), and off elsewhere."""
+    if setting == "auto":
+        return device.type in ("cuda", "cpu")
+    return bool(setting)
+
+
+def live_teacher(distiller: Distiller, images: torch.Tensor) -> Outputs:
+    """The teacher's outputs computed under ``inference_mode`` (under the caller's autocast),
+    returned as ordinary tensors so that losses may save them for backward."""
+    with torch.inference_mode():
+        out = distiller.teacher_outputs(images)
+
+    def ordinary(v: Any) -> Any:  # a clone made outside inference mode is an ordinary tensor
+        if isinstance(v, torch.Tensor):
+            return v.clone()
+        return tuple(ordinary(x) for x in v) if isinstance(v, tuple) else v
+
+    return Outputs(**{f.name: ordinary(getattr(out, f.name)) for f in dataclasses.fields(out)})
+
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of every random draw of one epoch."""
     return (seed * 1_000_003 + epoch) % 2**63
+
+
+def config_difference(started: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """The first setting (beyond logging/paths) in which config ``now`` differs from the config
+    a run was ``started`` with, as a sentence; None when they describe the same run."""
+    old, new = _flat(started), _flat(now)
+    for key in sorted(set(old) | set(new)):
+        if key not in _RESUME_FREE and old.get(key) != new.get(key):
+            return f"{key} is {new.get(key)!r} but the run was started with {old.get(key)!r}"
+    return None
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -85,10 +142,19 @@ class Trainer:
         self.resume_from = self._check_run_dir(resume)
         self.device = pick_device(cfg.run.device)
         self.amp = amp_dtype(cfg.run.amp, self.device)
+        self.channels_last = channels_last_enabled(cfg.run.channels_last, self.device)
         seed_everything(cfg.run.seed)
         self.data = build_data(cfg.data, seed=cfg.run.seed)
-        self.test_loader = test_loader(self.data, cfg.data, self.device)
+        self.fast = (
+            fast_data(self.data, cfg.data, self.device) if cfg.data.loader == "fast" else None
+        )
+        if self.fast is not None:
+            self.test_loader = fast_test_loader(self.fast.test, cfg.data, self.channels_last)
+        else:
+            self.test_loader = test_loader(self.data, cfg.data, self.device)
         self.distiller = build_distiller(cfg, self.data.info, len(self.data.train)).to(self.device)
+        if self.channels_last:
+            self.distiller.to(memory_format=torch.channels_last)
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
             self.distiller.trainable_parameters(),
@@ -103,6 +169,14 @@ class Trainer:
         self.best_epoch = -1
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
+        self.teacher_cache: TeacherCache | None = None
+        if cfg.run.teacher_cache is not None:
+            self.teacher_cache = self._open_teacher_cache(cfg.run.teacher_cache)
+        if cfg.run.compile is True:
+            self.distiller.student.compile()
+        if cfg.run.compile is not False and self.teacher_cache is None:
+            if self.distiller.teacher is not None:  # frozen: weights become constants
+                self.distiller.teacher.compile(options={"freezing": True})
 
     # ------------------------------------------------------------------ set-up
     def _check_run_dir(self, resume: bool) -> Path | None:
@@ -121,13 +195,14 @@ class Trainer:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != FORMAT:
             raise RunDirError(f"{self.resume_from}: not a ckd training checkpoint")
-        old, new = _flat(ckpt["config"]), _flat(self.cfg.to_dict())
-        for key in sorted(set(old) | set(new)):
-            if key not in _RESUME_FREE and old.get(key) != new.get(key):
-                raise ConfigError(
-                    f"--resume: {key} is {new.get(key)!r} but the run was started with "
-                    f"{old.get(key)!r}"
-                )
+        started = ckpt["config"]
+        for key, value in _ADDED_SETTINGS.items():  # runs started before these settings
+            section, name = key.split(".")
+            if isinstance(started.get(section), dict) and name not in started[section]:
+                started = {**started, section: {**started[section], name: value}}
+        differs = config_difference(started, self.cfg.to_dict())
+        if differs:
+            raise ConfigError(f"--resume: {differs}")
         self.distiller.student.load_state_dict(ckpt["model"])
         self.distiller.load_trainable_state_dict(
             {**{f"student.{k}": v for k, v in ckpt["model"].items()}, **ckpt["method"]}
@@ -138,40 +213,142 @@ class Trainer:
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         set_rng_state(ckpt["rng"])
 
+    def _open_teacher_cache(self, folder: str) -> TeacherCache | None:
+        """Open (or, when there is none yet, build) the teacher cache and verify it on the run's
+        own first batches; None when a method reads features the cache does not hold."""
+        cfg, d = self.cfg, self.distiller
+        assert self.fast is not None and d.teacher is not None  # validated with the config
+        identity = cache_identity(cfg, self.fast.train)
+        cache = open_cache(folder, identity, cfg.optim.epochs)
+        if cache is None:
+            self.echo(
+                f"teacher cache {folder}: none yet; building it ({cfg.optim.epochs} epochs x "
+                f"{len(self.fast.train)} views, logits)"
+            )
+            cache = build_cache(
+                folder,
+                d.teacher,
+                self.fast.train,
+                identity,
+                cfg.optim.epochs,
+                batch_size=max(cfg.data.batch_size, cfg.data.test_batch_size),
+                channels_last=self.channels_last,
+                echo=self.echo,
+            )
+        if d.needs_features and not cache.has_features:
+            self.echo(
+                f"teacher cache {folder} holds logits only and a method here reads teacher "
+                "features: running the live teacher instead (`ckd cache build --features`)"
+            )
+            return None
+        if getattr(d, "needs_preact", False):
+            self.echo(
+                f"teacher cache {folder} holds no pre-activation maps, which a method here "
+                "reads: running the live teacher instead"
+            )
+            return None
+        epoch = min(self.start_epoch, cfg.optim.epochs - 1)
+        loader = self._fast_loader(epoch)
+        sample = []
+        for images, _, index in loader:
+            sample.append((epoch, images, index))
+            if len(sample) >= CACHE_VERIFY_BATCHES:
+                break
+        verify_cache(cache, d.teacher, sample, features=d.needs_features)
+        return cache
+
     # ------------------------------------------------------------------ training
     def _progress(self, iterable, **kw):
         enabled = self.cfg.run.progress and sys.stderr.isatty()
         return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kw)
 
-    def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set; returns the epoch's mean loss terms and accuracy."""
+    def _fast_loader(self, epoch: int):
+        assert self.fast is not None
+        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.run.seed, epoch))
+        return fast_train_loader(
+            self.fast.train,
+            self.cfg.data,
+            generator,
+            aug_seed_of(self.cfg),
+            epoch,
+            self.channels_last,
+        )
+
+    def _teacher_source(self, epoch: int, images: torch.Tensor, index: torch.Tensor):
+        """Fast path: the teacher's outputs of a batch from the cache, else from the live
+        teacher under inference mode (lazily: only when a method asks for them)."""
+        d = self.distiller
+        if d.teacher is None:
+            return None
+        if self.teacher_cache is not None:
+            return functools.partial(
+                self.teacher_cache.outputs, epoch, index, self.device, d.needs_features
+            )
+        return functools.partial(live_teacher, d, images)
+
+    def epoch_batches(
+        self, epoch: int
+    ) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, TeacherSource]]]:
+        """Seed the epoch's randomness from ``(seed, epoch)`` and return its number of batches
+        and the batches ``(images, targets, index, teacher source)``, on the device."""
         seed_everything(epoch_seed(self.cfg.run.seed, epoch))
+        if self.fast is not None:
+            fast = self._fast_loader(epoch)
+            batches = ((x, y, i, self._teacher_source(epoch, x, i)) for x, y, i in fast)
+            return len(fast), batches
         generator = torch.Generator().manual_seed(epoch_seed(self.cfg.run.seed, epoch))
         loader = train_loader(self.data, self.cfg.data, self.device, generator)
-        iters = len(loader)
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+
+        def standard():
+            for images, targets, index in loader:
+                images = images.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+                yield images, targets.to(self.device, non_blocking=True), index, None
+
+        return len(loader), standard()
+
+    def train_step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        index: torch.Tensor,
+        teacher: TeacherSource,
+        epoch: int,
+        step: int,
+        lr: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimisation step; returns (loss, student logits, loss terms)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            logits, terms = self.distiller.forward_train(
+                images, targets, teacher=teacher, epoch=epoch, step=step, index=index
+            )
+        loss = torch.stack([t.float() for t in terms.values()]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss, logits, terms
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training set; returns the epoch's mean loss terms and accuracy."""
+        iters, batches = self.epoch_batches(epoch)
         self.distiller.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
         seen = 0
         start = time.perf_counter()
-        bar = self._progress(loader, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}")
-        for i, (images, targets, index) in enumerate(bar):
+        bar = self._progress(
+            batches, total=iters, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
+        )
+        for i, (images, targets, index, teacher) in enumerate(bar):
             lr = learning_rate(self.cfg.optim, epoch, i, iters)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            with torch.autocast(
-                self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
-            ):
-                logits, terms = self.distiller.forward_train(
-                    images, targets, epoch=epoch, step=epoch * iters + i, index=index
-                )
-            loss = torch.stack([t.float() for t in terms.values()]).sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, logits, terms = self.train_step(
+                images, targets, index, teacher, epoch, epoch * iters + i, lr
+            )
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float() * targets.numel()
             correct += (logits.detach().argmax(1) == targets).sum()
@@ -229,6 +406,13 @@ class Trainer:
             f"{f', +{d.extra_parameters():,} in the method' if d.extra_parameters() else ''}), "
             f"{cfg.data.name} {len(self.data.train)} train / {len(self.data.test)} test, "
             f"device {self.device}"
+        )
+        self.echo(
+            f"input {cfg.data.loader}, "
+            f"{str(self.amp).replace('torch.', '') if self.amp else 'fp32'}, "
+            f"{'channels_last' if self.channels_last else 'contiguous'}"
+            + {True: ", compiled", "teacher": ", teacher compiled"}.get(cfg.run.compile, "")
+            + (f", teacher cache {cfg.run.teacher_cache}" if self.teacher_cache else "")
         )
         if d.teacher is not None:
             teacher = self.evaluate(d.teacher)

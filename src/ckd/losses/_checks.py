@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 
 
@@ -24,3 +29,25 @@ def check_temperature(temperature: float) -> None:
 def as_float32(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
     """Student logits cast to float32 (gradient kept); teacher's cast and detached."""
     return student_logits.float(), teacher_logits.detach().float()
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which autocast is off, so float32 inputs are computed in float32."""
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to switch off
+        return contextlib.nullcontext()
+
+
+F = TypeVar("F", bound=Callable[..., torch.Tensor])
+
+
+def in_full_precision(fn: F) -> F:
+    """Decorator: run a loss whose first argument is a tensor with autocast switched off."""
+
+    @functools.wraps(fn)
+    def wrapper(first: torch.Tensor, *args, **kwargs):
+        with full_precision(first.device):
+            return fn(first, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import as_float32, check_pair, check_temperature
+from ckd.losses._checks import as_float32, check_pair, check_temperature, in_full_precision
 
 NEGATIVES = ("cross", "student")
 
 
+@in_full_precision
 def ckd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import as_float32, check_pair, check_temperature
+from ckd.losses._checks import as_float32, check_pair, check_temperature, in_full_precision
 
 
 def _binary_log_probs(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -28,6 +28,7 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
+@in_full_precision
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

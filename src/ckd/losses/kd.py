@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import as_float32, check_pair, check_temperature
+from ckd.losses._checks import as_float32, check_pair, check_temperature, in_full_precision
 
 
+@in_full_precision
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
 ) -> torch.Tensor:

@@ -1,6 +1,22 @@
 """Distillation methods, one per file, registered by name in :data:`METHODS`."""
 
-from ckd.methods import ckd, dkd, kd, vanilla  # noqa: F401  (registration)
+from ckd.methods import (  # noqa: F401  (registration)
+    at,
+    ckd,
+    crd,
+    dkd,
+    fitnet,
+    kd,
+    kdsvd,
+    nst,
+    ofd,
+    pkt,
+    reviewkd,
+    rkd,
+    sp,
+    vanilla,
+    vid,
+)
 from ckd.methods.base import (
     METHODS,
     Batch,

@@ -15,14 +15,14 @@ methods (``ce`` typically) is taken from the first one only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ckd.models.features import stage_features
+from ckd.models.features import INPUT_SUFFIX, FeatureExtractor, feature_names
 from ckd.registry import Registry
 
 
@@ -51,6 +51,9 @@ class Outputs:
     logits: torch.Tensor
     feats: tuple[torch.Tensor, ...] = ()
     embedding: torch.Tensor | None = None
+    # when pre-activations were asked for: the stage maps before their ReLU (aligned with
+    # ``feats``; a model that does not name them in ``preact_names`` gives ``feats`` again)
+    preact: tuple[torch.Tensor, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,11 @@ class Batch:
     computed on first access (once per batch, whatever the number of methods) without gradient.
     ``epoch`` (0-based), ``step`` (global optimisation step) and ``index`` (``[B]`` dataset
     indices of the samples) come from the trainer, the same for every method.
+
+    ``teacher`` may bring the teacher's outputs from elsewhere (e.g. a cache of them): an
+    :class:`Outputs`, or a function returning one, called on first access instead of running the
+    teacher. They must be ordinary tensors (not inference-mode ones), as losses save them for
+    backward; when a method reads features they must hold the features.
     """
 
     def __init__(
@@ -90,16 +98,27 @@ class Batch:
         epoch: int = 0,
         step: int = 0,
         index: torch.Tensor | None = None,
+        teacher: TeacherSource = None,
     ) -> None:
         self.images, self.targets, self.student = images, targets, student
         self.epoch, self.step, self.index = epoch, step, index
         self._distiller = distiller
         self._teacher: Outputs | None = None
+        self._given_teacher = teacher
 
     @property
     def teacher(self) -> Outputs:
         if self._teacher is None:
-            self._teacher = self._distiller.teacher_outputs(self.images)
+            given = self._given_teacher
+            if given is None:
+                self._teacher = self._distiller.teacher_outputs(self.images)
+            else:
+                out = given if isinstance(given, Outputs) else given()
+                d = self._distiller
+                if (d.needs_features and not out.feats) or (d.needs_preact and not out.preact):
+                    # the given outputs lack what a method reads: run the teacher after all
+                    out = d.teacher_outputs(self.images)
+                self._teacher = out
         return self._teacher
 
 
@@ -113,6 +132,7 @@ class Method(nn.Module):
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False
+    needs_preact: ClassVar[bool] = False  # also the pre-ReLU stage maps (implies features)
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
 
@@ -120,6 +140,11 @@ class Method(nn.Module):
         super().__init__()
         self.options = options
         self.setup = setup
+
+    def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once by the distiller with its networks (teacher weights already loaded),
+        for what a method derives from them, e.g. statistics of the teacher's BN layers. The
+        networks are not to be kept: the distiller owns them."""
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -131,13 +156,49 @@ class Method(nn.Module):
 
 METHODS: Registry[type[Method]] = Registry("method")
 
+#: Teacher outputs given to a batch instead of running the teacher: the outputs, a function
+#: returning them (called at most once, on first access), or None (run the teacher, lazily).
+TeacherSource = Outputs | Callable[[], Outputs] | None
 
-def run_network(model: nn.Module, images: torch.Tensor, features: bool) -> Outputs:
-    """Forward ``model``; with ``features``, also read its stages and embedding by hooks."""
-    if not features:
+
+def run_network(
+    model: nn.Module, images: torch.Tensor, features: bool, preact: bool = False
+) -> Outputs:
+    """Forward ``model``; with ``features``, also read its stages and embedding by hooks, and
+    with ``preact`` the stage maps before their ReLU (the model's ``preact_names``)."""
+    if not (features or preact):
         return Outputs(model(images))
-    logits, feats, embedding = stage_features(model, images)
-    return Outputs(logits, tuple(feats), embedding)
+    stages, classifier = feature_names(model, images)
+    embed = f"{classifier}{INPUT_SUFFIX}"
+    pre = preact_names(model) if preact else None
+    with FeatureExtractor(model, [*stages, embed, *(pre or ())]) as fx:
+        logits = model(images)
+    feats = tuple(fx.features[n] for n in stages)
+    pre_maps = tuple(fx.features[n] for n in pre) if pre else (feats if preact else ())
+    return Outputs(logits, feats, fx.features[embed], pre_maps)
+
+
+def preact_names(model: nn.Module) -> tuple[str, ...] | None:
+    """The hook names of ``model``'s pre-activation stage maps (aligned with its
+    ``stage_names``), or None when it names none (torchvision, timm models)."""
+    names = getattr(model, "preact_names", None)
+    stages = getattr(model, "stage_names", None)
+    if not names or not stages or len(names) != len(stages):
+        return None
+    return tuple(names)
+
+
+def aligned_stages(setup: Setup, method: str) -> tuple[list[int], list[int]]:
+    """Indices of the student's and teacher's stage features a feature method pairs: those
+    after the stem, the deepest ``min(n_s, n_t) - 1`` of each (aligned from the deepest when the
+    two networks have different numbers of stages)."""
+    if setup.student is None or setup.teacher is None:
+        raise ValueError(f"{method} needs the student's and teacher's feature shapes in its Setup")
+    n_s, n_t = len(setup.student.feats), len(setup.teacher.feats)
+    n = min(n_s, n_t) - 1
+    if n < 1:
+        raise ValueError(f"{method} needs at least two stage features per network")
+    return list(range(n_s - n, n_s)), list(range(n_t - n, n_t))
 
 
 def network_shapes(model: nn.Module, num_classes: int, sample: torch.Tensor) -> Shapes:
@@ -167,10 +228,13 @@ class Distiller(nn.Module):
         self.student = student
         self.teacher = teacher
         self.methods = nn.ModuleList(methods)
-        self.needs_features = any(m.needs_features for m in methods)
+        self.needs_preact = any(m.needs_preact for m in methods)
+        self.needs_features = self.needs_preact or any(m.needs_features for m in methods)
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+        for method in methods:
+            method.attach(student, teacher)
 
     def train(self, mode: bool = True) -> Distiller:
         """Train/eval the student and methods; the teacher always stays in eval mode."""
@@ -184,22 +248,26 @@ class Distiller(nn.Module):
         """The teacher's outputs for a batch, without gradient, in eval mode."""
         if self.teacher is None:
             raise RuntimeError("this distiller has no teacher")
-        return run_network(self.teacher, images, self.needs_features)
+        return run_network(self.teacher, images, self.needs_features, self.needs_preact)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Inference: the student's logits ``[B, K]``."""
         return self.student(images)
 
     def forward_train(
-        self, images: torch.Tensor, targets: torch.Tensor, **ctx: Any
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        teacher: TeacherSource = None,
+        **ctx: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training batch -> (student logits ``[B, K]``, {term name: weighted scalar}).
 
         ``ctx`` (``epoch``, ``step``, ``index``) is passed on to every method in the
-        :class:`Batch`.
+        :class:`Batch`; ``teacher`` (precomputed teacher outputs, see :class:`Batch`) too.
         """
-        student = run_network(self.student, images, self.needs_features)
-        batch = Batch(self, images, targets, student, **ctx)
+        student = run_network(self.student, images, self.needs_features, self.needs_preact)
+        batch = Batch(self, images, targets, student, teacher=teacher, **ctx)
         terms: dict[str, torch.Tensor] = {}
         for method in self.methods:
             for name, value in method(batch).items():

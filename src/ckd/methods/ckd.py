@@ -1,4 +1,5 @@
-"""CKD: ``w_ce * CE + w_ckd * ckd_loss`` (no KL term, no warm-up)."""
+"""CKD: ``w_ce * CE + w_ckd * ckd_loss`` (no KL term, no warm-up), optionally on standardised
+logits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import dataclasses
 
 import torch
 
-from ckd.losses import NEGATIVES, ckd_loss
+from ckd.losses import NEGATIVES, ckd_loss, standardize_logits
 from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
@@ -16,6 +17,9 @@ class CKDOptions(MethodOptions):
     w_ckd: float = 10.0
     temperature: float = 1.0
     negatives: str = "cross"  # "cross" (released code) or "student" (paper text)
+    # z-score teacher and student logits per sample first (Sun et al., CVPR 2024). As CKD then
+    # L2-normalises them, this amounts to centring each logit vector before the cosine.
+    logit_standardize: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -34,8 +38,7 @@ class CKD(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        return {
-            "ce": self.ce(b),
-            "ckd": o.w_ckd
-            * ckd_loss(b.student.logits, b.teacher.logits, o.temperature, o.negatives),
-        }
+        s, t = b.student.logits, b.teacher.logits
+        if o.logit_standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        return {"ce": self.ce(b), "ckd": o.w_ckd * ckd_loss(s, t, o.temperature, o.negatives)}

@@ -1,4 +1,4 @@
-"""Decoupled KD: ``w_ce * CE + warmup(epoch) * dkd_loss``."""
+"""Decoupled KD: ``w_ce * CE + warmup(epoch) * dkd_loss``, optionally on standardised logits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from ckd.losses import dkd_loss
+from ckd.losses import dkd_loss, standardize_logits
 from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
@@ -16,6 +16,9 @@ class DKDOptions(MethodOptions):
     beta: float = 8.0
     temperature: float = 4.0
     warmup_epochs: int = 20  # the DKD term grows linearly over this many epochs (0: off)
+    # z-score teacher and student logits per sample first (Sun et al., CVPR 2024); the authors
+    # pair it with temperature 2 (see ckd.losses.standardize), not this default of 4
+    logit_standardize: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -36,7 +39,8 @@ class DKD(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        dkd = dkd_loss(
-            b.student.logits, b.teacher.logits, b.targets, o.alpha, o.beta, o.temperature
-        )
+        s, t = b.student.logits, b.teacher.logits
+        if o.logit_standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        dkd = dkd_loss(s, t, b.targets, o.alpha, o.beta, o.temperature)
         return {"ce": self.ce(b), "dkd": self.warmup_factor(b.epoch) * dkd}

@@ -1,4 +1,4 @@
-"""Hinton KD: ``w_ce * CE + w_kd * kd_loss``."""
+"""Hinton KD: ``w_ce * CE + w_kd * kd_loss``, optionally on standardised logits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from ckd.losses import kd_loss
+from ckd.losses import kd_loss, standardize_logits
 from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
@@ -15,6 +15,9 @@ class KDOptions(MethodOptions):
     w_ce: float = 0.1
     w_kd: float = 0.9
     temperature: float = 4.0
+    # z-score teacher and student logits per sample first (Sun et al., CVPR 2024); the authors
+    # pair it with temperature 2 and w_kd 9 (see ckd.losses.standardize), not these defaults
+    logit_standardize: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -29,7 +32,7 @@ class KD(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        return {
-            "ce": self.ce(b),
-            "kd": o.w_kd * kd_loss(b.student.logits, b.teacher.logits, o.temperature),
-        }
+        s, t = b.student.logits, b.teacher.logits
+        if o.logit_standardize:
+            s, t = standardize_logits(s), standardize_logits(t)
+        return {"ce": self.ce(b), "kd": o.w_kd * kd_loss(s, t, o.temperature)}

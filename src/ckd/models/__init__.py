@@ -5,6 +5,11 @@ layer names, parameter shapes and forward computation as the reference zoo, so r
 teacher checkpoints load with ``load_weights(model, path)`` (strict). ``model.stage_names``
 name the submodules whose outputs are the reference's intermediate features (shallow to
 deep) and ``model.classifier_name`` the final ``nn.Linear`` (its input is the embedding).
+
+Beside the zoo, ``create_model`` builds torchvision classification models as ``tv:<name>``
+(random weights) and timm models as ``timm:<name>`` (when timm is installed); their feature
+stages are inferred by hooks (:func:`infer_stage_names`). :class:`Renormalize` lets a model see
+inputs normalised with its own mean/std.
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ from ckd.models import (  # noqa: F401
     wrn,
 )
 from ckd.models.common import MODELS, ZooModel
-from ckd.models.features import FeatureExtractor, stage_features
+from ckd.models.external import PREFIXES, is_external, torchvision_names
+from ckd.models.features import (
+    FeatureExtractor,
+    feature_names,
+    infer_stage_names,
+    stage_features,
+)
+from ckd.models.normalize import Renormalize
 from ckd.models.weights import count_parameters, extract_state_dict, load_weights
 
 
 def create_model(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
-    """Build zoo model ``name``; an unknown name raises ``ckd.registry.UnknownNameError``."""
+    """Build zoo model ``name``, or ``tv:<torchvision name>`` / ``timm:<timm name>`` with random
+    weights; an unknown name raises ``ckd.registry.UnknownNameError`` (listing the zoo names and
+    the prefixes), as does a ``timm:`` name when timm is not installed."""
     return MODELS.get(name)(num_classes, in_channels)
 
 
@@ -38,12 +52,18 @@ def model_names() -> list[str]:
 
 __all__ = [
     "MODELS",
+    "PREFIXES",
     "FeatureExtractor",
+    "Renormalize",
     "ZooModel",
     "count_parameters",
     "create_model",
     "extract_state_dict",
+    "feature_names",
+    "infer_stage_names",
+    "is_external",
     "load_weights",
     "model_names",
     "stage_features",
+    "torchvision_names",
 ]

@@ -14,12 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ckd.registry import Registry
+from ckd.models.external import ModelRegistry
 
 ModelFactory = Callable[[int, int], nn.Module]
 
-#: name -> factory ``f(num_classes, in_channels) -> nn.Module``
-MODELS: Registry[ModelFactory] = Registry("model")
+#: name -> factory ``f(num_classes, in_channels) -> nn.Module``; also resolves ``tv:`` / ``timm:``
+MODELS: ModelRegistry = ModelRegistry("model")
 
 
 class ZooModel(nn.Module):

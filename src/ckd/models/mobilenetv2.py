@@ -81,6 +81,15 @@ class MobileNetV2(ZooModel):
         self.conv2 = _conv_bn_relu(cin, last, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
+        # Pre-activation of each stage feature, aligned with stage_names: the stem's ReLU input,
+        # then the block groups' outputs themselves (linear bottlenecks, no ReLU after them), and
+        # the BN that ends each (the reference's get_bn_before_relu, OFD's margins). Names only:
+        # no parameters, no state-dict keys.
+        self.preact_names = ("conv1.2:in", *self.stage_names[1:])
+        self.preact_bn_names = (
+            "conv1.1",
+            *(f"{g}.{len(self.get_submodule(g)) - 1}.conv.7" for g in self.stage_names[1:]),
+        )
         init_conv_bn_(self)
         nn.init.normal_(self.classifier[0].weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier[0].bias)

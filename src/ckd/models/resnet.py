@@ -28,6 +28,8 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(cout, cout)
         self.bn2 = nn.BatchNorm2d(cout)
+        # parameter-free tap: its output is the block's pre-activation (hooked by OFD, ReviewKD)
+        self.preact = nn.Identity()
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(
@@ -39,7 +41,7 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return F.relu(y + shortcut)
+        return F.relu(self.preact(y + shortcut))
 
 
 class CifarResNet(ZooModel):
@@ -63,6 +65,11 @@ class CifarResNet(ZooModel):
         self.layer3 = self._stage(widths[2], widths[3], n, stride=2)
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(widths[3], num_classes)
+        # Pre-activation of each stage feature (the input of its final ReLU), aligned with
+        # stage_names, and the BN before that ReLU (the reference's get_bn_before_relu, OFD's
+        # margins). Names only: no parameters, no state-dict keys.
+        self.preact_names = ("relu:in", *(f"layer{i}.{n - 1}.preact" for i in (1, 2, 3)))
+        self.preact_bn_names = ("bn1", *(f"layer{i}.{n - 1}.bn2" for i in (1, 2, 3)))
         init_conv_bn_(self)
 
     @staticmethod

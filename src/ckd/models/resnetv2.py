@@ -35,11 +35,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _shortcut(cin, planes, stride)
+        self.preact = nn.Identity()  # parameter-free tap on the pre-activation (OFD, ReviewKD)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        return F.relu(y + self.shortcut(x))
+        return F.relu(self.preact(y + self.shortcut(x)))
 
 
 class Bottleneck(nn.Module):
@@ -57,12 +58,13 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.shortcut = _shortcut(cin, cout, stride)
+        self.preact = nn.Identity()  # parameter-free tap on the pre-activation (OFD, ReviewKD)
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
         y = F.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
-        return F.relu(y + self.shortcut(x))
+        return F.relu(self.preact(y + self.shortcut(x)))
 
 
 class ResNetV2(ZooModel):
@@ -94,6 +96,13 @@ class ResNetV2(ZooModel):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(cin, num_classes)
+        # Pre-activation of each stage feature (the input of its final ReLU), aligned with
+        # stage_names, and the BN before that ReLU (the reference's get_bn_before_relu, OFD's
+        # margins). Names only: no parameters, no state-dict keys.
+        last = [f"layer{i + 1}.{n - 1}" for i, n in enumerate(num_blocks)]
+        bn = "bn3" if block is Bottleneck else "bn2"
+        self.preact_names = ("relu:in", *(f"{b}.preact" for b in last))
+        self.preact_bn_names = ("bn1", *(f"{b}.{bn}" for b in last))
         init_conv_bn_(self)
 
     def forward(self, x: Tensor) -> Tensor:

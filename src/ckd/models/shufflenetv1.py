@@ -31,13 +31,14 @@ class ShuffleUnit(nn.Module):
         self.conv3 = nn.Conv2d(mid, cout, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
         self.shortcut = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
+        self.preact = nn.Identity()  # parameter-free tap on the pre-activation (OFD, ReviewKD)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.shuffle1(F.relu(self.bn1(self.conv1(x))))
         y = F.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
         res = self.shortcut(x)
-        return F.relu(torch.cat([y, res], 1) if self.stride == 2 else y + res)
+        return F.relu(self.preact(torch.cat([y, res], 1) if self.stride == 2 else y + res))
 
 
 class ShuffleNetV1(ZooModel):
@@ -69,6 +70,12 @@ class ShuffleNetV1(ZooModel):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AvgPool2d(4)
         self.linear = nn.Linear(cin, num_classes)
+        # Pre-activation of each stage feature (the input of its final ReLU), aligned with
+        # stage_names, and the BN before that ReLU (the reference's get_bn_before_relu, OFD's
+        # margins). Names only: no parameters, no state-dict keys.
+        last = [f"layer{i + 1}.{n - 1}" for i, n in enumerate(repeats)]
+        self.preact_names = ("relu:in", *(f"{b}.preact" for b in last))
+        self.preact_bn_names = ("bn1", *(f"{b}.bn3" for b in last))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

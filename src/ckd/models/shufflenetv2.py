@@ -16,9 +16,14 @@ from ckd.models.common import MODELS, ZooModel, channel_shuffle
 
 class BasicUnit(nn.Module):
     """Split channels in half; the second half goes through 1x1-BN-ReLU, 3x3 depthwise-BN,
-    1x1-BN-ReLU; concat with the untouched first half and shuffle (2 groups)."""
+    1x1-BN-ReLU; concat with the untouched first half and shuffle (2 groups).
 
-    def __init__(self, channels: int) -> None:
+    With ``tap`` (the last unit of a stage), the parameter-free ``preact`` module sees the
+    reference's pre-activation ``[first half, last BN output]`` (concatenated, not shuffled), for
+    forward hooks (OFD, ReviewKD); it does not change the output.
+    """
+
+    def __init__(self, channels: int, tap: bool = False) -> None:
         super().__init__()
         c = channels // 2
         self.conv1 = nn.Conv2d(c, c, 1, bias=False)
@@ -27,12 +32,16 @@ class BasicUnit(nn.Module):
         self.bn2 = nn.BatchNorm2d(c)
         self.conv3 = nn.Conv2d(c, c, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c)
+        self.preact = nn.Identity() if tap else None
 
     def forward(self, x: Tensor) -> Tensor:
         keep, y = x.split(x.shape[1] // 2, dim=1)
         y = F.relu(self.bn1(self.conv1(y)))
         y = self.bn2(self.conv2(y))
-        y = F.relu(self.bn3(self.conv3(y)))
+        y = self.bn3(self.conv3(y))
+        if self.preact is not None:
+            self.preact(torch.cat([keep, y], 1))
+        y = F.relu(y)
         return channel_shuffle(torch.cat([keep, y], 1), 2)
 
 
@@ -82,7 +91,7 @@ class ShuffleNetV2(ZooModel):
         cin = 24
         stages = []
         for width, n in zip(widths[:3], repeats, strict=True):
-            units = [DownUnit(cin, width), *(BasicUnit(width) for _ in range(n))]
+            units = [DownUnit(cin, width), *(BasicUnit(width, tap=i == n - 1) for i in range(n))]
             stages.append(nn.Sequential(*units))
             cin = width
         self.layer1, self.layer2, self.layer3 = stages
@@ -90,6 +99,12 @@ class ShuffleNetV2(ZooModel):
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.avgpool = nn.AvgPool2d(4)
         self.linear = nn.Linear(widths[3], num_classes)
+        # Pre-activation of each stage feature, aligned with stage_names (names only: no
+        # parameters, no state-dict keys). Half of it has no BN before a ReLU, so there are no
+        # preact_bn_names: as in the reference, ShuffleV2 cannot be an OFD teacher.
+        taps = (f"layer{i + 1}.{n}.preact" for i, n in enumerate(repeats))  # their last units
+        self.preact_names = ("relu:in", *taps)
+        self.preact_bn_names: tuple[str, ...] = ()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

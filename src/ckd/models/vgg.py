@@ -55,6 +55,12 @@ class VGG(ZooModel):
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
         self.act0, self.act1, self.act2, self.act3, self.act4 = (nn.ReLU() for _ in range(5))
+        # Pre-activation of each stage feature (the input of its ReLU act0..act4) and the BN
+        # before that ReLU (each block's last layer; the reference's get_bn_before_relu, OFD's
+        # margins), aligned with stage_names. Names only: no parameters, no state-dict keys.
+        self.preact_names = tuple(f"act{i}:in" for i in range(5))
+        blocks = (self.block0, self.block1, self.block2, self.block3, self.block4)
+        self.preact_bn_names = tuple(f"block{i}.{len(b) - 1}" for i, b in enumerate(blocks))
         init_conv_bn_(self)
         nn.init.normal_(self.classifier.weight, 0.0, 0.01)
         nn.init.zeros_(self.classifier.bias)

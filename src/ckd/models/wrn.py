@@ -81,6 +81,11 @@ class WideResNet(ZooModel):
         self.bn1 = nn.BatchNorm2d(w[3])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(w[3], num_classes)
+        # The stage features are already pre-activation; the BN that next normalises each before
+        # a ReLU (the reference's get_bn_before_relu, OFD's margins), aligned with stage_names.
+        # Names only: no parameters, no state-dict keys.
+        self.preact_names = self.stage_names
+        self.preact_bn_names = (*(f"block{i}.layer.0.bn1" for i in (1, 2, 3)), "bn1")
         init_conv_bn_(self)
         nn.init.zeros_(self.fc.bias)
 

@@ -1,0 +1,401 @@
+"""The teacher-output cache: the frozen teacher's outputs for every (epoch, sample) view of the
+fast loader, computed once and read back by every student, method and seed of a suite.
+
+With ``data.loader=fast`` the augmentation of sample ``i`` in epoch ``e`` is a function of
+``(aug_seed, e, i)`` (:mod:`ckd.data.fast`), so the teacher's logits of that exact view can be
+stored once. Each view keeps its own logits, so batch-level losses (CKD's in-batch negatives)
+see exactly the teacher outputs a live teacher would give for the batch.
+
+A cache is a folder::
+
+    manifest.json        what it was made for and how (see :func:`cache_identity`)
+    logits.npy           float16 [epochs, N, K]                      (numpy memmap)
+    feat0.npy ...        float16 [epochs, N, C_i, H_i, W_i]  optional stage features
+    embedding.npy        float16 [epochs, N, D]              optional pooled embedding
+
+The teacher runs in full fp32 for it (no autocast, TF32 off), and its outputs are rounded to
+fp16 (relative error <= 2**-11). A cache is refused (a one-line ConfigError) when it was made
+for another teacher checkpoint (sha256) or model, another training set (name, size, subset, a
+sha256 of its pixels and labels), another augmentation, augmentation generator or seed, or
+covers fewer epochs than the run. At the start of every run that uses it, a sample of the
+run's own batches is recomputed by the live teacher and compared with the cache (fp16
+tolerance); a difference is refused as well.
+
+A cache is built by ``ckd cache build CONFIG [overrides]`` or, for logits only, by the first
+run that names it in ``run.teacher_cache``. It is written into a temporary folder and renamed
+into place when complete, so an interrupted build leaves nothing that could be read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ckd.config import Config
+from ckd.data.fast import GENERATOR, AugParams, MemoryData, augment_batch, draw_augmentation
+from ckd.errors import ConfigError
+from ckd.methods.base import Outputs, run_network
+
+FORMAT = "ckd/teacher-cache/1"
+MANIFEST = "manifest.json"
+#: Largest magnitude a float16 holds.
+FP16_MAX = 65504.0
+#: Verification tolerance: ``|cached - live| <= RTOL * |live| + ATOL * max|live|`` per batch.
+#: RTOL is twice fp16's unit round-off; ATOL covers fp32 summation-order differences.
+RTOL = 2.0**-10
+ATOL = 1e-4
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def aug_seed_of(cfg: Config) -> int:
+    """The seed of the fast loader's augmentation draws: ``data.aug_seed``, else ``run.seed``."""
+    return cfg.run.seed if cfg.data.aug_seed is None else cfg.data.aug_seed
+
+
+def cache_identity(cfg: Config, train: MemoryData) -> dict[str, Any]:
+    """What a cache must have been made for to serve this run (everything but the epochs)."""
+    if cfg.teacher is None or cfg.teacher.checkpoint is None:
+        raise ConfigError("run.teacher_cache: the run has no teacher checkpoint to cache")
+    teacher = {k: v for k, v in dataclasses.asdict(cfg.teacher).items() if k != "checkpoint"}
+    teacher["checkpoint_sha256"] = file_sha256(cfg.teacher.checkpoint)
+    return {
+        "teacher": teacher,
+        "dataset": {
+            "name": cfg.data.name,
+            "num_train": len(train),
+            "train_subset": cfg.data.train_subset,
+            "sha256": train.fingerprint,
+        },
+        "augmentation": {**train.augment.to_dict(), "generator": GENERATOR},
+        "aug_seed": aug_seed_of(cfg),
+    }
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@contextlib.contextmanager
+def full_fp32(device: torch.device) -> Iterator[None]:
+    """No autocast, and no TF32 on CUDA: the teacher as exactly as fp32 computes it."""
+    saved = None
+    if device.type == "cuda":
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        with contextlib.suppress(RuntimeError):
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        if saved is not None:
+            with contextlib.suppress(RuntimeError):
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def teacher_forward(teacher: nn.Module, images: torch.Tensor, features: bool) -> Outputs:
+    """The frozen teacher's outputs in eval mode, full fp32, under ``inference_mode``."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode(), full_fp32(images.device):
+            return run_network(teacher, images.float(), features)
+    finally:
+        teacher.train(was_training)
+
+
+class TeacherCache:
+    """An opened cache: :meth:`outputs` gives the teacher's outputs of a batch of views."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder, self.manifest = folder, manifest
+        self.logits = np.load(folder / "logits.npy", mmap_mode="r")
+        feats = manifest.get("features")
+        self.feats: list[np.ndarray] = []
+        self.embedding: np.ndarray | None = None
+        if feats:
+            self.feats = [
+                np.load(folder / f"feat{i}.npy", mmap_mode="r") for i in range(len(feats["feats"]))
+            ]
+            self.embedding = np.load(folder / "embedding.npy", mmap_mode="r")
+        self._slab: tuple[int, str, torch.Tensor] | None = None  # one epoch's logits, on a device
+
+    @property
+    def epochs(self) -> int:
+        return int(self.manifest["epochs"])
+
+    @property
+    def has_features(self) -> bool:
+        return self.embedding is not None
+
+    def outputs(
+        self,
+        epoch: int,
+        index: torch.Tensor,
+        device: torch.device | str = "cpu",
+        features: bool = False,
+    ) -> Outputs:
+        """The cached outputs of samples ``index`` (CPU ``[B]``, positions in the training set)
+        in ``epoch``, as float32 tensors on ``device`` (ordinary tensors, safe for autograd)."""
+        if epoch >= self.epochs:
+            raise IndexError(
+                f"teacher cache {self.folder} covers {self.epochs} epochs; got {epoch}"
+            )
+        if not features:  # an epoch's logits (10 MB for CIFAR-100) go to the device at once
+            return Outputs(self.epoch_logits(epoch, device)[index.to(device, non_blocking=True)])
+        idx = index.cpu().numpy()
+
+        def read(array: np.ndarray) -> torch.Tensor:
+            rows = torch.from_numpy(np.ascontiguousarray(array[epoch, idx]))
+            return rows.to(device, non_blocking=True).float()
+
+        if not self.has_features:
+            raise ValueError(f"teacher cache {self.folder} holds logits only, no features")
+        assert self.embedding is not None
+        return Outputs(read(self.logits), tuple(read(f) for f in self.feats), read(self.embedding))
+
+    def epoch_logits(self, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """All cached logits of ``epoch`` as float32 ``[N, K]`` on ``device`` (kept until
+        another epoch or device is asked for)."""
+        key = (epoch, str(device))
+        if self._slab is None or self._slab[:2] != key:
+            self._slab = None
+            rows = torch.from_numpy(np.array(self.logits[epoch]))  # a copy: memmaps are read-only
+            if torch.device(device).type == "cuda":
+                rows = rows.pin_memory()
+            self._slab = (*key, rows.to(device, non_blocking=True).float())
+        return self._slab[2]
+
+
+def open_cache(folder: str | Path, identity: dict[str, Any], epochs: int) -> TeacherCache | None:
+    """The cache in ``folder`` if it was made for ``identity`` and covers ``epochs``; None when
+    there is none yet (no folder, or an empty one).
+
+    Raises:
+        ConfigError: a cache made for something else, an unfinished or unreadable one.
+    """
+    folder = Path(folder)
+    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+        return None
+    where = f"run.teacher_cache: {folder}"
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ConfigError(f"{where} is not a teacher cache (no {MANIFEST}); give an empty folder")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: unreadable {MANIFEST}: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise ConfigError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    have, want = _flat({k: manifest.get(k) for k in identity}), _flat(identity)
+    for key in sorted(set(have) | set(want)):
+        if have.get(key) != want.get(key):
+            raise ConfigError(
+                f"{where} was made for {key}={_short(have.get(key))} but this run has "
+                f"{_short(want.get(key))}; refusing it (use another folder, or build one for "
+                "this run with `ckd cache build`)"
+            )
+    if int(manifest["epochs"]) < epochs:
+        raise ConfigError(
+            f"{where} covers {manifest['epochs']} epochs but this run needs {epochs}; "
+            "build one with enough epochs (`ckd cache build CONFIG optim.epochs=N`)"
+        )
+    try:
+        return TeacherCache(folder, manifest)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: cannot read its arrays: {e}") from None
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def cache_bytes(n: int, epochs: int, outputs: Outputs, features: bool) -> int:
+    per_view = outputs.logits.shape[1]
+    if features:
+        per_view += sum(f[0].numel() for f in outputs.feats)
+        per_view += outputs.embedding.shape[1] if outputs.embedding is not None else 0
+    return 2 * per_view * n * epochs
+
+
+def build_cache(
+    folder: str | Path,
+    teacher: nn.Module,
+    train: MemoryData,
+    identity: dict[str, Any],
+    epochs: int,
+    batch_size: int = 256,
+    channels_last: bool = False,
+    features: bool = False,
+    echo: Callable[[str], None] = print,
+) -> TeacherCache:
+    """Run ``teacher`` over every view of ``epochs`` epochs and write the cache to ``folder``
+    (which must be absent or empty). Returns it opened."""
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
+        raise ConfigError(f"run.teacher_cache: {folder} exists and is not empty")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    aug, n, device = train.augment, len(train), train.device
+    seed = identity["aug_seed"]
+    probe = teacher_forward(teacher, _batch(train, torch.arange(min(2, n)), None, False), features)
+    need = cache_bytes(n, epochs, probe, features)
+    free = shutil.disk_usage(folder.parent).free
+    if need > 0.95 * free:
+        raise ConfigError(
+            f"run.teacher_cache: {folder} needs {need / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB free there"
+        )
+    tmp = folder.parent / f".{folder.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    start = time.perf_counter()
+    try:
+        shapes: dict[str, Any] = {"logits": [epochs, n, int(probe.logits.shape[1])]}
+        arrays = {"logits": _open_array(tmp / "logits.npy", shapes["logits"])}
+        if features:
+            shapes["features"] = {
+                "feats": [list(f.shape[1:]) for f in probe.feats],
+                "embedding": int(probe.embedding.shape[1]),
+            }
+            for i, f in enumerate(probe.feats):
+                arrays[f"feat{i}"] = _open_array(tmp / f"feat{i}.npy", [epochs, n, *f.shape[1:]])
+            arrays["embedding"] = _open_array(
+                tmp / "embedding.npy", [epochs, n, int(probe.embedding.shape[1])]
+            )
+        for epoch in range(epochs):
+            params = draw_augmentation(aug, n, seed, epoch).to(device) if aug.random else None
+            for lo in range(0, n, batch_size):
+                index = torch.arange(lo, min(n, lo + batch_size), device=device)
+                out = teacher_forward(
+                    teacher, _batch(train, index, params, channels_last), features
+                )
+                parts = {"logits": out.logits}
+                if features:
+                    parts.update({f"feat{i}": f for i, f in enumerate(out.feats)})
+                    parts["embedding"] = out.embedding
+                for name, value in parts.items():
+                    arrays[name][epoch, lo : lo + len(index)] = _to_fp16(value, name, epoch)
+            echo(f"teacher cache: epoch {epoch + 1}/{epochs} ({time.perf_counter() - start:.0f} s)")
+        for array in arrays.values():
+            array.flush()
+        del arrays
+        manifest = {
+            "format": FORMAT,
+            **identity,
+            "epochs": epochs,
+            "num_classes": int(probe.logits.shape[1]),
+            **shapes,
+            "features": shapes.get("features"),
+            "dtype": "float16",
+            "precision": "teacher in eval mode, fp32 without autocast or TF32, stored as fp16",
+            "built": {
+                "device": _device_name(device),
+                "torch": torch.__version__,
+                "seconds": round(time.perf_counter() - start, 1),
+                "batch_size": batch_size,
+            },
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # an empty folder given for it (checked above)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first: use theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    cache = open_cache(folder, identity, epochs)
+    assert cache is not None
+    return cache
+
+
+def _open_array(path: Path, shape: list[int]) -> np.ndarray:
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(shape))
+
+
+def _to_fp16(value: torch.Tensor, name: str, epoch: int) -> np.ndarray:
+    v = value.detach().float()
+    if not torch.isfinite(v).all() or v.abs().max().item() > FP16_MAX:
+        raise FloatingPointError(
+            f"teacher cache: {name} of epoch {epoch + 1} is not finite or beyond fp16's range"
+        )
+    return v.half().cpu().numpy()
+
+
+def _batch(
+    data: MemoryData, index: torch.Tensor, params: AugParams | None, channels_last: bool
+) -> torch.Tensor:
+    return augment_batch(data, index.to(data.device), params, channels_last)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def verify_cache(
+    cache: TeacherCache,
+    teacher: nn.Module,
+    batches: list[tuple[int, torch.Tensor, torch.Tensor]],
+    features: bool = False,
+) -> float:
+    """Recompute ``batches`` (``(epoch, images, index)``: the run's own views) with the live
+    teacher and compare with the cache. Returns the largest error relative to the tolerance
+    (<= 1 passes).
+
+    Raises:
+        ConfigError: a cached output differs from the live teacher's beyond fp16 tolerance.
+    """
+    worst = 0.0
+    use_feats = features and cache.has_features
+    for epoch, images, index in batches:
+        live = teacher_forward(teacher, images, use_feats)
+        cached = cache.outputs(epoch, index, images.device, features=use_feats)
+        pairs = [("logits", live.logits, cached.logits)]
+        if use_feats:
+            pairs += [
+                (f"feat{i}", a, b)
+                for i, (a, b) in enumerate(zip(live.feats, cached.feats, strict=True))
+            ]
+            pairs.append(("embedding", live.embedding, cached.embedding))
+        for name, a, b in pairs:
+            a = a.float()
+            bound = RTOL * a.abs() + ATOL * max(1.0, a.abs().max().item())
+            ratio = ((b - a).abs() / bound).max().item()
+            worst = max(worst, ratio)
+            if not ratio <= 1.0:
+                err = (b - a).abs().max().item()
+                raise ConfigError(
+                    f"run.teacher_cache: {cache.folder}: cached {name} of epoch {epoch + 1} "
+                    f"differ from the live teacher's by up to {err:.3g} (beyond fp16 "
+                    "tolerance); the cache is stale or corrupt: rebuild it"
+                )
+    return worst

@@ -1,0 +1,226 @@
+"""Fair benchmark suites: every (method, student, seed) on one shared schedule.
+
+A suite YAML names a base config, a teacher (trained once by the suite and reused, or a given
+checkpoint), students, methods and seeds::
+
+    name: fmnist_ckd
+    base: fashion_mnist/_base          # shipped config name or path: data, optim, run
+    overrides: [optim.epochs=6]        # applied to every run: ONE schedule shared by all
+    teacher: {name: resnet20, overrides: [optim.epochs=8]}   # or checkpoint: path
+    students: [resnet8]
+    methods:
+      - {label: CE, method: {name: vanilla}}
+      - {label: CKD, method: {name: ckd, w_ckd: 10.0}}
+      - {label: CKD b16, method: {name: ckd}, overrides: [data.batch_size=16]}
+    seeds: [0, 1, 2]
+
+Runs land in ``<out_dir>/<label>/<student>/seed<k>``; a finished run (``result.json``) is
+skipped and an interrupted one resumed, so a stopped suite picks up where it was. At the end
+``results.csv`` (one row per run), ``report.md`` (mean ± std of the last-epoch top-1 over seeds,
+gains over CE-only and KD) and ``bars.png`` are written.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckd.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    read_yaml,
+    resolve_config_path,
+)
+from ckd.engine import Trainer
+from ckd.engine.trainer import config_difference
+from ckd.errors import ConfigError
+from ckd.report import find_runs, markdown_report, write_csv
+from ckd.schema import build
+
+say = functools.partial(print, flush=True)
+
+
+@dataclass
+class SuiteTeacher:
+    name: str
+    checkpoint: str | None = None  # given: used as is; null: trained by the suite
+    overrides: list[str] = field(default_factory=list)  # for training it (e.g. more epochs)
+    seed: int = 0
+    out_dir: str | None = None  # where it is trained (default <suite>/teacher); suites that
+    # name the same folder and settings share one teacher, trained by whichever runs first
+
+
+@dataclass
+class SuiteEntry:
+    label: str
+    method: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)  # this entry only (e.g. batch size)
+
+
+@dataclass
+class Suite:
+    name: str
+    base: str
+    teacher: SuiteTeacher
+    students: list[str]
+    methods: list[SuiteEntry]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)
+    out_dir: str | None = None
+    description: str = ""
+
+    def root(self) -> Path:
+        return Path(self.out_dir or Path("runs") / "suites" / self.name)
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"suite file {str(path)!r} not found")
+    data = apply_overrides(read_yaml(p.resolve()), overrides or [])
+    suite = build(Suite, data, "")
+    labels = [e.label for e in suite.methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"methods: labels must be unique; got {labels}")
+    for label in labels:
+        if not re.fullmatch(r"[\w.+ -]+", label):
+            raise ConfigError(
+                f"methods: label {label!r} may use letters, digits, _ . + - and space"
+            )
+    if not suite.seeds or not suite.students or not suite.methods:
+        raise ConfigError("a suite needs at least one seed, one student and one method")
+    return suite
+
+
+def _run_dir(suite: Suite, label: str, student: str, seed: int) -> Path:
+    return suite.root() / label.replace(" ", "_") / student / f"seed{seed}"
+
+
+def _base(suite: Suite) -> dict[str, Any]:
+    data = read_yaml(resolve_config_path(suite.base).resolve())
+    for key in ("student", "teacher", "method"):
+        data.pop(key, None)
+    return data
+
+
+def teacher_config(suite: Suite) -> Config:
+    data = _base(suite)
+    data.update(
+        student={"name": suite.teacher.name}, method={"name": "vanilla"}, description="teacher"
+    )
+    over = [
+        *suite.overrides,
+        *suite.teacher.overrides,
+        f"run.seed={suite.teacher.seed}",
+        f"run.out_dir={suite.root() / 'teacher'}",
+    ]
+    return config_from_dict(apply_overrides(data, over))
+
+
+def run_config(suite: Suite, entry: SuiteEntry, student: str, seed: int, teacher: str) -> Config:
+    """The config of one run; ``teacher`` is the teacher checkpoint path."""
+    data = _base(suite)
+    data.update(student={"name": student}, method=dict(entry.method), description=entry.label)
+    over = [
+        *suite.overrides,
+        *entry.overrides,
+        f"run.seed={seed}",
+        f"run.out_dir={_run_dir(suite, entry.label, student, seed)}",
+    ]
+    from ckd.methods import METHODS
+
+    names = [entry.method.get("name"), *(m.get("name") for m in entry.method.get("also", []))]
+    if any(n in METHODS and METHODS.get(n).needs_teacher for n in names):
+        data["teacher"] = {"name": suite.teacher.name, "checkpoint": teacher}
+    return config_from_dict(apply_overrides(data, over))
+
+
+def plan(suite: Suite, suite_file: str) -> list[tuple[SuiteEntry, str, int]]:
+    """Every run of the suite (seed-major order), each config validated before anything runs."""
+    runs = [(e, s, seed) for seed in suite.seeds for e in suite.methods for s in suite.students]
+    stand_in = suite.teacher.checkpoint or suite_file  # an existing file for the checks
+    for entry, student, seed in runs:
+        try:
+            run_config(suite, entry, student, seed, stand_in)
+        except ConfigError as e:
+            raise ConfigError(f"methods[{entry.label}] {student} seed {seed}: {e}") from None
+    if suite.teacher.checkpoint is None:
+        teacher_config(suite)
+    return runs
+
+
+def _train(cfg: Config) -> dict[str, Any]:
+    """Train, resume, or (finished) skip a run; a finished run made with other settings is an
+    error, never silently reused."""
+    out = Path(cfg.run.out_dir)
+    if (out / "result.json").is_file():
+        differs = config_difference(
+            yaml.safe_load((out / "config.yaml").read_text()), cfg.to_dict()
+        )
+        if differs:
+            raise ConfigError(f"{out} holds a finished run with other settings: {differs}")
+        return {}
+    return Trainer(cfg, resume=(out / "last.pt").is_file(), echo=say).fit()
+
+
+def run_suite(path: str | Path, overrides: list[str] | None = None) -> Path:
+    """Run (or resume) a suite and write its results; returns the suite folder."""
+    suite = load_suite(path, overrides)
+    runs = plan(suite, str(path))
+    root = suite.root()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "suite.yaml").write_text(Path(path).read_text())
+    teacher = suite.teacher.checkpoint
+    if teacher is None:
+        cfg = teacher_config(suite)
+        say(f"[teacher] {suite.teacher.name} -> {cfg.run.out_dir}")
+        _train(cfg)
+        teacher = str(Path(cfg.run.out_dir) / "last.pt")
+    for i, (entry, student, seed) in enumerate(runs, 1):
+        cfg = run_config(suite, entry, student, seed, teacher)
+        done = (Path(cfg.run.out_dir) / "result.json").is_file()
+        say(
+            f"[{i}/{len(runs)}] {entry.label} {student} seed {seed}"
+            + (": finished earlier, skipped" if done else "")
+        )
+        _train(cfg)
+    command = " ".join(["ckd bench", shlex.quote(str(path)), *map(shlex.quote, overrides or [])])
+    write_results(root, suite.name, command, suite.description)
+    return root
+
+
+def write_results(root: Path, title: str, command: str, notes: str = "") -> str:
+    """``results.csv``, ``report.md`` and ``bars.png`` from the finished runs under ``root``."""
+    from ckd.plots import plot_bars
+
+    rows = [r for r in find_runs([root]) if r["label"] != "teacher"]
+    write_csv(rows, root / "results.csv")
+    report = markdown_report(rows, title, command, notes)
+    (root / "report.md").write_text(report)
+    if rows:
+        plot_bars(rows, root / "bars.png", title)
+    say(report)
+    return report
+
+
+def main_report(paths: list[str], out: str | None) -> str:
+    """``ckd report RUN_DIRS...``: the tables of the finished runs found under ``paths``."""
+    rows = [r for r in find_runs([Path(p) for p in paths]) if r["label"] != "teacher"]
+    if not rows:
+        raise ConfigError(f"no finished runs (result.json + config.yaml) under {', '.join(paths)}")
+    command = "ckd report " + " ".join(map(shlex.quote, paths))
+    report = markdown_report(rows, "report", command)
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_csv(rows, Path(out) / "results.csv")
+        (Path(out) / "report.md").write_text(report)
+    sys.stdout.write(report)
+    return report

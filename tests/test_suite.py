@@ -1,0 +1,159 @@
+"""The benchmark runner's bookkeeping: plan, skip finished runs, resume, aggregate."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import yaml
+
+from ckd.errors import ConfigError
+from ckd.report import aggregate, markdown_report
+from ckd.suite import load_suite, main_report, run_suite
+
+
+def rows(values):
+    return [
+        {
+            "label": label,
+            "method": method,
+            "student": "s",
+            "teacher": "t",
+            "seed": i,
+            "last_top1": v,
+            "best_top1": v + 1,
+            "teacher_top1": 90.0,
+        }
+        for label, method, vs in values
+        for i, v in enumerate(vs)
+    ]
+
+
+def test_aggregate_mean_and_sample_std():
+    (g,) = aggregate(rows([("CKD", "ckd", [70.0, 72.0, 74.0])]))
+    assert g.mean == pytest.approx(72.0)
+    assert g.std == pytest.approx(2.0)  # sample std (ddof = 1)
+    (one,) = aggregate(rows([("CKD", "ckd", [70.0])]))
+    assert math.isnan(one.std)
+
+
+def test_report_gains_over_ce_and_kd():
+    report = markdown_report(
+        rows(
+            [
+                ("CE", "vanilla", [60.0, 62.0]),
+                ("KD", "kd", [64.0, 64.0]),
+                ("CKD", "ckd", [66.0, 68.0]),
+            ]
+        ),
+        "t",
+        "ckd bench x.yaml",
+    )
+    line = next(ln for ln in report.splitlines() if ln.startswith("| CKD |"))
+    assert "67.00 ± 1.41" in line and "+6.00" in line and "+3.00" in line
+    assert "Teacher t: top-1 90.00" in report and "torch:" in report
+
+
+@pytest.fixture
+def suite_file(tmp_path, fake_fmnist):
+    base = tmp_path / "base.yaml"
+    base.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "name": "fashion_mnist",
+                    "root": str(fake_fmnist),
+                    "batch_size": 32,
+                    "num_workers": 0,
+                    "train_subset": 96,
+                    "test_subset": 50,
+                },
+                "optim": {"epochs": 1, "lr": 0.05, "schedule": "cosine"},
+                "run": {"device": "cpu", "tensorboard": False, "progress": False},
+            }
+        )
+    )
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "base": str(base),
+                "teacher": {"name": "resnet8"},
+                "students": ["resnet8"],
+                "methods": [
+                    {"label": "CE", "method": {"name": "vanilla"}},
+                    {"label": "CKD", "method": {"name": "ckd", "w_ckd": 5.0}},
+                ],
+                "seeds": [0, 1],
+                "out_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    return suite
+
+
+def test_suite_runs_skips_finished_and_resumes(tmp_path, suite_file, capsys):
+    root = run_suite(suite_file)
+    with open(root / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert sorted((r["label"], r["seed"]) for r in table) == [
+        ("CE", "0"),
+        ("CE", "1"),
+        ("CKD", "0"),
+        ("CKD", "1"),
+    ]
+    assert all(r["teacher"] == "resnet8" for r in table if r["label"] == "CKD")
+    report = (root / "report.md").read_text()
+    assert "| CKD | resnet8 | 2 |" in report and (root / "bars.png").is_file()
+
+    finished = root / "CKD" / "resnet8" / "seed1"
+    stamp = (finished / "last.pt").stat().st_mtime_ns
+    (root / "CE" / "resnet8" / "seed0" / "result.json").unlink()  # as if stopped at the end
+    capsys.readouterr()
+    run_suite(suite_file)
+    out = capsys.readouterr().out
+    assert "CKD resnet8 seed 1: finished earlier, skipped" in out
+    assert (finished / "last.pt").stat().st_mtime_ns == stamp
+    assert (root / "CE" / "resnet8" / "seed0" / "result.json").is_file()  # resumed, finished
+    assert (root / "report.md").read_text().split("Software")[0] == report.split("Software")[0]
+
+    rebuilt = main_report([str(root)], str(tmp_path / "rebuilt"))
+    assert "| CKD | resnet8 | 2 |" in rebuilt
+
+
+def test_a_bad_suite_fails_before_anything_runs(tmp_path, suite_file):
+    data = yaml.safe_load(suite_file.read_text())
+    data["methods"].append({"label": "X", "method": {"name": "ckd", "w_ckdd": 1.0}})
+    suite_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="w_ckdd"):
+        run_suite(suite_file)
+    assert not (tmp_path / "out").exists()
+    data["methods"][-1] = {"label": "CE", "method": {"name": "kd"}}
+    suite_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="unique"):
+        load_suite(suite_file)
+
+
+def test_shipped_suites_load():
+    from pathlib import Path
+
+    from ckd.suite import plan
+
+    for path in sorted(Path(__file__).resolve().parents[1].glob("benchmarks/suites/*.yaml")):
+        suite = load_suite(path)
+        assert plan(suite, str(path))
+
+
+def test_a_shared_teacher_with_other_settings_is_not_reused(tmp_path, suite_file):
+    data = yaml.safe_load(suite_file.read_text())
+    data["methods"] = data["methods"][:1]
+    data["seeds"] = [0]
+    data["teacher"]["out_dir"] = str(tmp_path / "shared_teacher")
+    suite_file.write_text(yaml.safe_dump(data))
+    run_suite(suite_file)
+    data["teacher"]["overrides"] = ["optim.lr=0.01"]
+    suite_file.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="optim.lr is 0.01 but the run was started with 0.05"):
+        run_suite(suite_file)
