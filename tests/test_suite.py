@@ -122,6 +122,11 @@ def test_suite_runs_skips_finished_and_resumes(tmp_path, suite_file, capsys):
     rebuilt = main_report([str(root)], str(tmp_path / "rebuilt"))
     assert "| CKD | resnet8 | 2 |" in rebuilt
 
+    from ckd.cli import main  # the command line runs the same suite: everything is finished
+
+    assert main(["bench", str(suite_file)]) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+
 
 def test_a_bad_suite_fails_before_anything_runs(tmp_path, suite_file):
     data = yaml.safe_load(suite_file.read_text())

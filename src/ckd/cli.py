@@ -40,17 +40,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _load_for_eval(args: argparse.Namespace, path_arg: str, model_arg: str | None = None):
+    """(model, dataset name, data root, test loader) for a checkpoint: what its saved config
+    says (model, input normalisation, dataset), or ``--model``/``--data`` for a foreign one."""
     import torch
 
     from ckd.config import ModelConfig
     from ckd.data import build_dataset, dataset_info, subset
-    from ckd.engine.build import amp_dtype, build_model, pick_device
+    from ckd.engine.build import build_model
     from ckd.engine.checkpoint import load_checkpoint
-    from ckd.engine.evaluate import evaluate
     from ckd.models import MODELS
 
-    path = Path(args.checkpoint)
+    path = Path(path_arg)
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -59,7 +60,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot be read as a checkpoint: {reason[:200]}") from None
     saved = ckpt.get("config") or {}
-    model_name = args.model or saved.get("student", {}).get("name")
+    student = dict(saved.get("student") or {})
+    model_name = model_arg or student.get("name")
     data = dict(saved.get("data") or {})
     data_name = args.data or data.get("name")
     if model_name is None or data_name is None:
@@ -68,13 +70,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             "(cifar100, cifar10, fashion_mnist)"
         )
     MODELS.get(model_name)
+    same = model_name == student.get("name")
+    model_cfg = ModelConfig(
+        model_name,
+        str(path),
+        input_mean=student.get("input_mean") if same else None,
+        input_std=student.get("input_std") if same else None,
+    )
     root = args.data_root if args.data_root is not None else data.get("root")
-    info = dataset_info(data_name)
-    model = build_model(ModelConfig(model_name, str(path)), info)
-    device = pick_device(args.device)
+    model = build_model(model_cfg, dataset_info(data_name))
     dataset = subset(build_dataset(data_name, root, train=False, augment=False), args.subset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0)
+    return model, model_name, data_name, loader
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ckd.engine.build import amp_dtype, pick_device
+    from ckd.engine.evaluate import evaluate
+
+    model, model_name, data_name, loader = _load_for_eval(args, args.checkpoint, args.model)
+    device = pick_device(args.device)
     res = evaluate(model.to(device), loader, device, amp_dtype(args.amp, device))
+    path = args.checkpoint
     print(
         f"{path}: {model_name} on {data_name} test ({res['n']} images): "
         f"top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  loss {res['loss']:.4f}"
@@ -111,10 +128,40 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from ckd.plots import plot_curves
+    from ckd import plots, viz
+    from ckd.engine.build import pick_device
 
-    out = plot_curves([Path(p) for p in args.runs], Path(args.out))
+    out = Path(args.out)
+    if args.kind == "curves":
+        plots.plot_curves([Path(p) for p in args.runs], out)
+    elif args.kind == "bars":
+        from ckd.report import find_runs
+
+        rows = [r for r in find_runs([Path(p) for p in args.runs]) if r["label"] != "teacher"]
+        if not rows:
+            raise ConfigError(f"no finished runs under {', '.join(args.runs)}")
+        plots.plot_bars(rows, out)
+    else:
+        device = pick_device(args.device)
+        limit = args.subset
+        student, s_name, data_name, loader = _load_for_eval(args, args.student, args.model)
+        s_logits, s_embed, targets = viz.collect_outputs(student.to(device), loader, device, limit)
+        if args.kind == "tsne":
+            viz.plot_tsne(s_embed, targets, out, f"t-SNE of {s_name} embeddings ({data_name})")
+        else:
+            teacher, t_name, _, loader = _load_for_eval(args, args.teacher, args.teacher_model)
+            t_logits, _, _ = viz.collect_outputs(teacher.to(device), loader, device, limit)
+            diff = viz.correlation_difference(t_logits, s_logits)
+            viz.plot_correlation_difference(diff, out, f"{t_name} vs {s_name} ({data_name})")
+            print(f"mean |corr(teacher) - corr(student)| = {diff.mean():.4f}")
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ckd.suite import main_report
+
+    main_report(list(args.runs), args.out)
     return 0
 
 
@@ -126,6 +173,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what != "speed":
+        from ckd.suite import run_suite
+
+        run_suite(args.what, list(args.overrides))
+        return 0
     from ckd.engine.bench import DEFAULT_VARIANTS, PATHS, BenchSpec, bench_speed, format_report
     from ckd.methods import METHODS
     from ckd.models import MODELS
@@ -285,10 +337,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ls.set_defaults(func=_cmd_list)
 
-    pl = sub.add_parser("plot", help="training curves of run folders to a PNG")
-    pl.add_argument("runs", nargs="+")
-    pl.add_argument("--out", default="curves.png")
+    pl = sub.add_parser("plot", help="figures as PNG: curves, bars, corr, tsne")
+    kinds = pl.add_subparsers(dest="kind", required=True)
+    pc = kinds.add_parser("curves", help="test accuracy and loss terms per epoch of runs")
+    pc.add_argument("runs", nargs="+")
+    pc.add_argument("--out", default="curves.png")
+    pb = kinds.add_parser("bars", help="mean ± std of the last-epoch top-1 per method")
+    pb.add_argument("runs", nargs="+", help="run or suite folders")
+    pb.add_argument("--out", default="bars.png")
+    for kind, text in (
+        ("corr", "|teacher - student| class-correlation matrix of the logits"),
+        ("tsne", "t-SNE of a student's pooled embeddings"),
+    ):
+        pk = kinds.add_parser(kind, help=text)
+        if kind == "corr":
+            pk.add_argument("teacher", help="teacher checkpoint")
+            pk.add_argument("--teacher-model", default=None, help="for a foreign checkpoint")
+        pk.add_argument("student", help="student checkpoint")
+        pk.add_argument("--model", default=None, help="student model, for a foreign checkpoint")
+        pk.add_argument("--data", default=None)
+        pk.add_argument("--data-root", default=None)
+        pk.add_argument("--subset", type=int, default=2000, help="test images used")
+        pk.add_argument("--batch-size", type=int, default=256)
+        pk.add_argument("--device", default="auto")
+        pk.add_argument("--out", default=f"{kind}.png")
     pl.set_defaults(func=_cmd_plot)
+
+    r = sub.add_parser("report", help="results.csv and report.md from finished runs")
+    r.add_argument("runs", nargs="+", help="run or suite folders")
+    r.add_argument("--out", default=None, help="also write results.csv/report.md here")
+    r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="offline demo: Fashion-MNIST teacher, then CE / KD / CKD")
     d.add_argument("--out", default="runs/demo")
@@ -296,8 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="key.path=value applied to every run")
     d.set_defaults(func=_cmd_demo)
 
-    b = sub.add_parser("bench", help="speed: the input paths and methods side by side")
-    b.add_argument("what", choices=["speed"])
+    b = sub.add_parser(
+        "bench", help="SUITE.yaml: a fair multi-seed suite; speed: input paths side by side"
+    )
+    b.add_argument("what", help="a suite YAML file, or 'speed'")
+    b.add_argument("overrides", nargs="*", help="suite: key.path=value for the suite file")
     b.add_argument("--teacher", default="resnet56")
     b.add_argument("--student", default="resnet20")
     b.add_argument("--batch-size", type=int, default=64)
