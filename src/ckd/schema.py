@@ -120,3 +120,14 @@ def build(cls: type[T], data: Any, where: str = "", given: dict[str, Any] | None
 def to_dict(obj: Any) -> Any:
     """Dataclass (nested) -> plain dict, ready for YAML/JSON."""
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested mappings as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

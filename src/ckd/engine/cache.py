@@ -47,6 +47,7 @@ from ckd.config import Config
 from ckd.data.fast import GENERATOR, AugParams, MemoryData, augment_batch, draw_augmentation
 from ckd.errors import ConfigError
 from ckd.methods.base import Outputs, run_network
+from ckd.schema import flatten
 
 FORMAT = "ckd/teacher-cache/1"
 MANIFEST = "manifest.json"
@@ -88,16 +89,6 @@ def cache_identity(cfg: Config, train: MemoryData) -> dict[str, Any]:
         "augmentation": {**train.augment.to_dict(), "generator": GENERATOR},
         "aug_seed": aug_seed_of(cfg),
     }
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @contextlib.contextmanager
@@ -212,7 +203,7 @@ def open_cache(folder: str | Path, identity: dict[str, Any], epochs: int) -> Tea
         raise ConfigError(f"{where}: unreadable {MANIFEST}: {e}") from None
     if manifest.get("format") != FORMAT:
         raise ConfigError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    have, want = _flat({k: manifest.get(k) for k in identity}), _flat(identity)
+    have, want = flatten({k: manifest.get(k) for k in identity}), flatten(identity)
     for key in sorted(set(have) | set(want)):
         if have.get(key) != want.get(key):
             raise ConfigError(

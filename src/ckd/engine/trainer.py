@@ -55,6 +55,7 @@ from ckd.engine.metrics import MetricsLog
 from ckd.engine.schedule import learning_rate
 from ckd.errors import ConfigError, RunDirError
 from ckd.methods.base import Distiller, Outputs, TeacherSource
+from ckd.schema import flatten
 
 # Keys that may differ between the run being resumed and the config given to resume it.
 _RESUME_FREE = {"run.progress", "run.tensorboard", "run.out_dir", "source", "data.num_workers"}
@@ -105,21 +106,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def config_difference(started: dict[str, Any], now: dict[str, Any]) -> str | None:
     """The first setting (beyond logging/paths) in which config ``now`` differs from the config
     a run was ``started`` with, as a sentence; None when they describe the same run."""
-    old, new = _flat(started), _flat(now)
+    old, new = flatten(started), flatten(now)
     for key in sorted(set(old) | set(new)):
         if key not in _RESUME_FREE and old.get(key) != new.get(key):
             return f"{key} is {new.get(key)!r} but the run was started with {old.get(key)!r}"
     return None
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Trainer:
