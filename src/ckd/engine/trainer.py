@@ -289,7 +289,7 @@ class Trainer:
             return len(fast), batches
         generator = torch.Generator().manual_seed(epoch_seed(self.cfg.run.seed, epoch))
         loader = train_loader(self.data, self.cfg.data, self.device, generator)
-        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
         def standard():
             for images, targets, index in loader:
