@@ -156,6 +156,12 @@ class Method(nn.Module):
 
 METHODS: Registry[type[Method]] = Registry("method")
 
+
+def linear_warmup(epoch: int, epochs: int) -> float:
+    """``min((epoch + 1) / epochs, 1)`` for the 0-based ``epoch``; 1 when ``epochs`` is 0."""
+    return 1.0 if epochs == 0 else min((epoch + 1) / epochs, 1.0)
+
+
 #: Teacher outputs given to a batch instead of running the teacher: the outputs, a function
 #: returning them (called at most once, on first access), or None (run the teacher, lazily).
 TeacherSource = Outputs | Callable[[], Outputs] | None

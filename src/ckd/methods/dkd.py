@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from ckd.losses import dkd_loss, standardize_logits
-from ckd.methods.base import METHODS, Batch, Method, MethodOptions
+from ckd.methods.base import METHODS, Batch, Method, MethodOptions, linear_warmup
 
 
 @dataclasses.dataclass
@@ -34,8 +34,7 @@ class DKD(Method):
 
     def warmup_factor(self, epoch: int) -> float:
         """``min((epoch + 1) / warmup_epochs, 1)`` for the 0-based epoch, as released."""
-        w = self.options.warmup_epochs
-        return 1.0 if w == 0 else min((epoch + 1) / w, 1.0)
+        return linear_warmup(epoch, self.options.warmup_epochs)
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options

@@ -32,7 +32,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckd.losses import hcl_loss
-from ckd.methods.base import METHODS, Batch, Method, MethodOptions, Setup, aligned_stages
+from ckd.methods.base import (
+    METHODS,
+    Batch,
+    Method,
+    MethodOptions,
+    Setup,
+    aligned_stages,
+    linear_warmup,
+)
 
 
 @dataclasses.dataclass
@@ -111,8 +119,7 @@ class ReviewKD(Method):
 
     def warmup_factor(self, epoch: int) -> float:
         """``min((epoch + 1) / warmup_epochs, 1)`` for the 0-based epoch."""
-        w = self.options.warmup_epochs
-        return 1.0 if w == 0 else min((epoch + 1) / w, 1.0)
+        return linear_warmup(epoch, self.options.warmup_epochs)
 
     def fused(self, b: Batch) -> list[torch.Tensor]:
         """The ABF outputs, shallow to deep, each of its teacher level's shape."""
