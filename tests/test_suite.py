@@ -158,6 +158,8 @@ def test_a_shared_teacher_with_other_settings_is_not_reused(tmp_path, suite_file
     data["teacher"]["out_dir"] = str(tmp_path / "shared_teacher")
     suite_file.write_text(yaml.safe_dump(data))
     run_suite(suite_file)
+    assert (tmp_path / "shared_teacher" / "result.json").is_file()
+    assert not (tmp_path / "out" / "teacher").exists()
     data["teacher"]["overrides"] = ["optim.lr=0.01"]
     suite_file.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="optim.lr is 0.01 but the run was started with 0.05"):

@@ -120,7 +120,7 @@ def teacher_config(suite: Suite) -> Config:
         *suite.overrides,
         *suite.teacher.overrides,
         f"run.seed={suite.teacher.seed}",
-        f"run.out_dir={suite.root() / 'teacher'}",
+        f"run.out_dir={suite.teacher.out_dir or suite.root() / 'teacher'}",
     ]
     return config_from_dict(apply_overrides(data, over))
 
