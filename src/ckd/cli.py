@@ -25,6 +25,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 def _cmd_train(args: argparse.Namespace) -> int:
     from ckd.config import load_config
     from ckd.engine import Trainer
+    from ckd.engine.distributed import shutdown
 
     config = args.config
     overrides = list(args.overrides)
@@ -34,8 +35,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = [f"run.out_dir={config}", *overrides]
         config = str(Path(config) / "config.yaml")
     cfg = load_config(config, overrides)
-    result = Trainer(cfg, resume=args.resume).fit(stop_after=args.stop_after)
-    if args.json:
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+        result = trainer.fit(stop_after=args.stop_after)
+    finally:
+        shutdown()  # leave the process group of a torchrun launch (no-op otherwise)
+    if args.json and trainer.dist.is_main:
         print(json.dumps(result))
     return 0
 
@@ -178,7 +183,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         run_suite(args.what, list(args.overrides))
         return 0
-    from ckd.engine.bench import DEFAULT_VARIANTS, PATHS, BenchSpec, bench_speed, format_report
+    from ckd.engine.bench import (
+        DEFAULT_VARIANTS,
+        METHOD_LABELS,
+        PATHS,
+        BenchSpec,
+        bench_speed,
+        format_report,
+    )
     from ckd.methods import METHODS
     from ckd.models import MODELS
 
@@ -192,10 +204,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.variants:
         variants = tuple(tuple(v.split(":", 1)) for v in args.variants.split(","))
         for v in variants:
-            if len(v) != 2 or v[0] not in PATHS or v[1] not in ("ckd", "kd", "vanilla"):
+            if len(v) != 2 or v[0] not in PATHS or v[1] not in METHOD_LABELS:
                 raise ConfigError(
                     f"--variants: {':'.join(v)!r} is not PATH:METHOD with PATH one of "
-                    f"{', '.join(PATHS)} and METHOD one of ckd, kd, vanilla"
+                    f"{', '.join(PATHS)} and METHOD one of {', '.join(METHOD_LABELS)}"
                 )
             METHODS.get(v[1])
             if v[0].startswith("cache") and v[1] == "vanilla":
@@ -393,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         default=None,
         help="PATH:METHOD,... with PATH standard|fast|fast-compiled|cache|cache-compiled and "
-        "METHOD ckd|kd|vanilla (default: the paths on ckd, then fast:kd,cache:kd,fast:vanilla)",
+        "METHOD ckd|kd|dkd|crd|vanilla (default: the paths on ckd, then fast:kd,cache:kd,"
+        "fast:vanilla)",
     )
     b.add_argument("--profile", action="store_true", help="also a time breakdown and profiles")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")

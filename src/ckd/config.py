@@ -29,8 +29,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 class DataConfig:
     name: str = "cifar100"  # a name from ckd.data.DATASETS
     root: str | None = None  # dataset folder; Fashion-MNIST is also looked up elsewhere
-    batch_size: int = 64
-    test_batch_size: int = 256
+    batch_size: int = 64  # the global batch of one optimisation step, over all processes
+    test_batch_size: int = 256  # per process
     num_workers: int = 2
     train_subset: int | None = None  # class-balanced subset of the training set (None: all)
     test_subset: int | None = None
@@ -53,6 +53,9 @@ class ModelConfig:
     # neither; null: the dataset's normalisation.
     input_mean: list[float] | None = None
     input_std: list[float] | None = None
+    # tv:<name> only: torchvision's published ImageNet weights, downloaded (online) into
+    # torch's cache. Offline, download the .pth elsewhere and give it as checkpoint instead.
+    pretrained: bool = False
 
 
 @dataclass
@@ -67,6 +70,13 @@ class OptimConfig:
     gamma: float = 0.1  # step: factor at each milestone
     warmup_epochs: float = 0.0  # linear warm-up from 0, per iteration
     min_lr: float = 0.0  # cosine: final learning rate
+    # Gradient accumulation: each optimisation step sums the gradients of accum_steps
+    # micro-batches per process (data.batch_size, the global batch, is cut into processes x
+    # accum_steps equal micro-batches), so a recipe's global batch fits on fewer GPUs.
+    accum_steps: int = 1
+    # Linear learning-rate scaling (Goyal et al., 2017): when set, lr and min_lr are the rates
+    # for a global batch of this size and are multiplied by data.batch_size / lr_reference_batch.
+    lr_reference_batch: int | None = None
 
 
 @dataclass
@@ -86,6 +96,12 @@ class RunConfig:
     # Folder of the teacher-output cache (ckd.engine.cache): the teacher's logits of every
     # (epoch, sample) of the fast loader, built on first use or by `ckd cache build`.
     teacher_cache: str | None = None
+    # Under torchrun (several processes): the process-group backend. auto: NCCL with CUDA,
+    # gloo on the CPU.
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    # SyncBatchNorm for the student under torchrun (CUDA only): BN statistics over the global
+    # micro-batch instead of each process's share.
+    sync_bn: bool = False
 
 
 @dataclass
@@ -275,6 +291,15 @@ def validate(cfg: Config) -> None:
                 Path(m.checkpoint).is_file(),
                 f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
             )
+        if m.pretrained:
+            _require(
+                m.name.startswith("tv:"),
+                f"{role}.pretrained is for torchvision models (tv:<name>); got {m.name!r}",
+            )
+            _require(
+                m.checkpoint is None,
+                f"{role}: give checkpoint or pretrained=true, not both",
+            )
         _require(
             (m.input_mean is None) == (m.input_std is None),
             f"{role}.input_mean and {role}.input_std go together; got only "
@@ -295,7 +320,8 @@ def validate(cfg: Config) -> None:
     needing = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_teacher]
     if needing:
         _require(
-            cfg.teacher is not None and cfg.teacher.checkpoint is not None,
+            cfg.teacher is not None
+            and (cfg.teacher.checkpoint is not None or cfg.teacher.pretrained),
             f"method {needing[0]!r} needs a teacher: set teacher.name and "
             "teacher.checkpoint (a file trained with method vanilla, or a reference checkpoint)",
         )
@@ -325,6 +351,16 @@ def validate(cfg: Config) -> None:
         f"optim.warmup_epochs must be in [0, epochs={o.epochs}); got {o.warmup_epochs}",
     )
     _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
+    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {o.accum_steps}")
+    _require(
+        d.batch_size % o.accum_steps == 0,
+        f"data.batch_size={d.batch_size} (the global batch) must be a multiple of "
+        f"optim.accum_steps={o.accum_steps}",
+    )
+    _require(
+        o.lr_reference_batch is None or o.lr_reference_batch >= 1,
+        f"optim.lr_reference_batch must be >= 1 or null; got {o.lr_reference_batch}",
+    )
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     if o.schedule == "step":  # milestones past the last epoch are allowed (they never fire)
         _require(

@@ -51,7 +51,7 @@ PATHS = {
     "cache": "(c) fast + cache",
     "cache-compiled": "(c+) fast + cache, compiled",
 }
-METHOD_LABELS = {"ckd": "CKD", "kd": "KD", "vanilla": "CE only"}
+METHOD_LABELS = {"ckd": "CKD", "kd": "KD", "dkd": "DKD", "crd": "CRD", "vanilla": "CE only"}
 #: (path, method) pairs measured by default: the three paths on CKD, then KD and CE alone.
 DEFAULT_VARIANTS = (
     ("standard", "ckd"),
@@ -240,7 +240,7 @@ def timed_steps(trainer: Any, epoch: int) -> Iterator[float]:
     try:
         for i in range(iters):
             start = time.perf_counter()
-            trainer.train_step(*next(it), epoch, epoch * iters + i, lr)
+            trainer.train_step(next(it), epoch, epoch * iters + i, lr)
             _sync(trainer.device)
             yield time.perf_counter() - start
     finally:
@@ -289,18 +289,18 @@ def run_steps(
     it: Iterator = iter(batches)
     try:
         for i in range(warmup):
-            trainer.train_step(*next(it), epoch, epoch * iters + i, lr)
+            trainer.train_step(next(it), epoch, epoch * iters + i, lr)
         _sync(trainer.device)
         start = time.perf_counter()
         for i in range(warmup, warmup + steps):
             if timer is None:
-                trainer.train_step(*next(it), epoch, epoch * iters + i, lr)
+                trainer.train_step(next(it), epoch, epoch * iters + i, lr)
                 continue
             t0 = timer.now()
             batch = next(it)
             t1 = timer.now()
             before = timer.inner()
-            trainer.train_step(*batch, epoch, epoch * iters + i, lr)
+            trainer.train_step(batch, epoch, epoch * iters + i, lr)
             step = timer.now() - t1
             timer.totals["input"] += t1 - t0
             timer.totals["backward + optimizer"] += step - (timer.inner() - before)

@@ -7,15 +7,17 @@ mechanisms the trainer offers all (sample indices in every batch, epoch and step
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ckd.config import Config, DataConfig, ModelConfig
 from ckd.data import DatasetInfo, build_dataset, dataset_info, subset
 from ckd.data.fast import FastLoader, MemoryData, draw_augmentation, memory_data
+from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces, shard
 from ckd.errors import ConfigError
 from ckd.methods import METHODS, Distiller, Setup, Shapes
 from ckd.methods.base import network_shapes
@@ -83,9 +85,13 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     return DataBundle(info, IndexedDataset(train), IndexedDataset(test))
 
 
-def test_loader(data: DataBundle, cfg: DataConfig, device: torch.device) -> DataLoader:
+def test_loader(
+    data: DataBundle, cfg: DataConfig, device: torch.device, ctx: DistContext = SINGLE
+) -> DataLoader:
+    """The test split in order (this rank's contiguous share of it when distributed)."""
+    test = data.test if not ctx.distributed else Subset(data.test, shard(len(data.test), ctx))
     return DataLoader(
-        data.test,
+        test,
         batch_size=cfg.test_batch_size,
         shuffle=False,
         num_workers=cfg.num_workers,
@@ -94,15 +100,30 @@ def test_loader(data: DataBundle, cfg: DataConfig, device: torch.device) -> Data
 
 
 def train_loader(
-    data: DataBundle, cfg: DataConfig, device: torch.device, generator: torch.Generator
+    data: DataBundle,
+    cfg: DataConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    ctx: DistContext = SINGLE,
+    accum_steps: int = 1,
 ) -> DataLoader:
     """A loader for one epoch: shuffle order and worker seeds come from ``generator`` alone, so an
-    epoch's batches are a function of the seed and the epoch (exact resume)."""
+    epoch's batches are a function of the seed and the epoch (exact resume). It yields this
+    rank's ``accum_steps`` micro-batches of each global batch of ``cfg.batch_size`` in turn
+    (:class:`~ckd.engine.distributed.MicroBatchSampler`); one process without accumulation gets
+    the global batches themselves."""
+    n = len(data.train)
+    sampler = MicroBatchSampler(
+        n,
+        cfg.batch_size,
+        generator,
+        drop_last=n > cfg.batch_size,  # keep BN/CKD away from a batch of one
+        ctx=ctx,
+        accum_steps=accum_steps,
+    )
     return DataLoader(
         data.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(data.train) > cfg.batch_size,  # keep BN/CKD away from a batch of one
+        batch_sampler=sampler,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         generator=generator,
@@ -129,6 +150,8 @@ def fast_train_loader(
     aug_seed: int,
     epoch: int,
     channels_last: bool = False,
+    ctx: DistContext = SINGLE,
+    accum_steps: int = 1,
 ) -> FastLoader:
     """The fast path's loader for one epoch: the order from ``generator``, each sample's
     augmentation from ``(aug_seed, epoch, sample)`` (see :mod:`ckd.data.fast`)."""
@@ -143,13 +166,15 @@ def fast_train_loader(
         params,
         drop_last=n > cfg.batch_size,
         channels_last=channels_last,
+        split=(functools.partial(my_pieces, ctx=ctx, accum_steps=accum_steps), accum_steps),
     )
 
 
-def fast_test_loader(test: MemoryData, cfg: DataConfig, channels_last: bool = False) -> FastLoader:
-    return FastLoader(
-        test, cfg.test_batch_size, torch.arange(len(test)), None, False, channels_last
-    )
+def fast_test_loader(
+    test: MemoryData, cfg: DataConfig, channels_last: bool = False, ctx: DistContext = SINGLE
+) -> FastLoader:
+    """The test split in order (this rank's contiguous share of it when distributed)."""
+    return FastLoader(test, cfg.test_batch_size, shard(len(test), ctx), None, False, channels_last)
 
 
 def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
@@ -157,7 +182,10 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     when given. With ``model.input_mean`` / ``input_std`` the network is wrapped in
     :class:`~ckd.models.Renormalize` (after loading, and with the same state-dict keys), so it
     sees the dataset's images normalised its own way."""
-    net = create_model(model.name, num_classes=info.num_classes, in_channels=info.in_channels)
+    if model.pretrained:
+        net = _torchvision_pretrained(model.name, info)
+    else:
+        net = create_model(model.name, num_classes=info.num_classes, in_channels=info.in_channels)
     if is_external(model.name):  # a foreign model may not run on small images: say so now
         blank = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
         modes = {m: m.training for m in net.modules()}
@@ -184,6 +212,25 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
         except ValueError as e:
             raise ConfigError(f"{model.name}: {e}") from None
     return net
+
+
+def _torchvision_pretrained(name: str, info: DatasetInfo) -> nn.Module:
+    """``tv:<arch>`` with torchvision's default published weights (a download when online)."""
+    import torchvision.models as tvm
+
+    arch = name.split(":", 1)[1]
+    if info.num_classes != 1000 or info.in_channels != 3:
+        raise ConfigError(
+            f"{name}: pretrained weights are for 1000 ImageNet classes on RGB images; "
+            f"{info.name} has {info.num_classes} classes, {info.in_channels} channel(s)"
+        )
+    try:
+        return tvm.get_model(arch, weights="DEFAULT")
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
+        raise ConfigError(
+            f"{name}: could not get torchvision's pretrained weights ({str(e)[:120]}); offline, "
+            "download the .pth elsewhere and give it as checkpoint"
+        ) from None
 
 
 def build_distiller(cfg: Config, info: DatasetInfo, num_train: int) -> Distiller:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -15,12 +15,14 @@ def evaluate(
     loader: Iterable,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Accuracy in percent and mean cross-entropy over every sample of ``loader``.
 
     ``loader`` yields ``(images [B, C, H, W], targets [B], ...)``. The model is put in eval mode
     and back in its previous mode afterwards. Returns ``{"top1", "top5", "loss", "n"}``
-    (top-5 is top-min(5, classes)).
+    (top-5 is top-min(5, classes)). ``reduce`` sums the counts over the processes of a
+    distributed run, each of which evaluated its own share of the samples.
     """
     was_training = model.training
     model.eval()
@@ -42,6 +44,10 @@ def evaluate(
         correct5 += hits.any(dim=1).sum().item()
         n += targets.numel()
     model.train(was_training)
+    if reduce is not None:
+        counts = torch.tensor([correct1, correct5, loss_sum, n], dtype=torch.float64, device=device)
+        correct1, correct5, loss_sum, n = reduce(counts).tolist()
+        n = int(n)
     if n == 0:
         raise ValueError("evaluation set is empty")
     return {

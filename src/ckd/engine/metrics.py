@@ -13,15 +13,25 @@ class MetricsLog:
     """Appends one JSON object per epoch to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     On resume, rows of epochs after the resumed one (written by the interrupted run after its
-    last checkpoint) are dropped so the file reads as one uninterrupted run.
+    last checkpoint) are dropped so the file reads as one uninterrupted run. A log that is not
+    ``enabled`` (ranks other than 0) writes nothing.
     """
 
-    def __init__(self, out_dir: Path, tensorboard: bool, resume_epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        tensorboard: bool,
+        resume_epoch: int | None = None,
+        enabled: bool = True,
+    ) -> None:
         self.path = out_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
         if resume_epoch is not None and self.path.exists():
             rows = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= resume_epoch]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -33,6 +43,8 @@ class MetricsLog:
                 )
 
     def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:

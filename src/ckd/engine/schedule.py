@@ -7,8 +7,16 @@ import math
 from ckd.config import OptimConfig
 
 
-def learning_rate(optim: OptimConfig, epoch: int, iteration: int, iters_per_epoch: int) -> float:
-    """Learning rate for ``iteration`` (0-based) of ``epoch`` (0-based).
+def lr_scale(optim: OptimConfig, batch_size: int) -> float:
+    """The linear-scaling factor ``batch_size / optim.lr_reference_batch`` (1 when unset)."""
+    return 1.0 if optim.lr_reference_batch is None else batch_size / optim.lr_reference_batch
+
+
+def learning_rate(
+    optim: OptimConfig, epoch: int, iteration: int, iters_per_epoch: int, scale: float = 1.0
+) -> float:
+    """Learning rate for ``iteration`` (0-based) of ``epoch`` (0-based), times ``scale`` (see
+    :func:`lr_scale`).
 
     - ``step``: ``lr * gamma ** (number of milestones <= epoch)``, constant within an epoch (the
       reference code's convention: with ``milestones=[150]`` epochs 0..149 use ``lr``).
@@ -31,4 +39,4 @@ def learning_rate(optim: OptimConfig, epoch: int, iteration: int, iters_per_epoc
     if optim.warmup_epochs > 0:
         warm = (epoch + (iteration + 1) / iters_per_epoch) / optim.warmup_epochs
         lr *= min(warm, 1.0)
-    return lr
+    return lr * scale

@@ -15,11 +15,14 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ckd.config import Config
@@ -50,18 +53,45 @@ from ckd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from ckd.engine.distributed import check_split, init_distributed
 from ckd.engine.evaluate import evaluate
 from ckd.engine.metrics import MetricsLog
-from ckd.engine.schedule import learning_rate
+from ckd.engine.schedule import learning_rate, lr_scale
 from ckd.errors import ConfigError, RunDirError
 from ckd.methods.base import Distiller, Outputs, TeacherSource
 from ckd.schema import flatten
 
 # Keys that may differ between the run being resumed and the config given to resume it.
-_RESUME_FREE = {"run.progress", "run.tensorboard", "run.out_dir", "source", "data.num_workers"}
+# (The number of processes is not part of the config: a run may resume with another one.)
+_RESUME_FREE = {
+    "run.progress",
+    "run.tensorboard",
+    "run.out_dir",
+    "source",
+    "data.num_workers",
+    "data.test_batch_size",
+    "optim.accum_steps",
+    "run.dist_backend",
+}
 
 
 _say = functools.partial(print, flush=True)
+
+
+def _silent(_: str) -> None:
+    """The echo of ranks other than 0."""
+
+
+def _group(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (a last shorter one is dropped: it cannot occur with
+    the loaders here, which cut every batch into the same number of micro-batches)."""
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+
 
 # Settings added after runs were started without them, with their defaults: a checkpoint whose
 # config lacks one is taken to have the default (so such runs can still be resumed).
@@ -71,6 +101,12 @@ _ADDED_SETTINGS = {
     "run.channels_last": "auto",
     "run.compile": False,
     "run.teacher_cache": None,
+    "optim.accum_steps": 1,
+    "optim.lr_reference_batch": None,
+    "run.dist_backend": "auto",
+    "run.sync_bn": False,
+    "student.pretrained": False,
+    "teacher.pretrained": False,
 }
 #: Batches of the run's own first epoch that are recomputed to verify a teacher cache.
 CACHE_VERIFY_BATCHES = 2
@@ -113,12 +149,31 @@ def config_difference(started: dict[str, Any], now: dict[str, Any]) -> str | Non
     return None
 
 
+class _TrainView(nn.Module):
+    """What DDP wraps: the student and the methods' modules (never the teacher, which the
+    distiller keeps outside this module's parameters); forward = ``Distiller.forward_train``."""
+
+    def __init__(self, distiller: Distiller) -> None:
+        super().__init__()
+        self.student = distiller.student
+        self.methods = distiller.methods
+        object.__setattr__(self, "_distiller", distiller)  # not a submodule
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._distiller.forward_train(*args, **kwargs)
+
+
 class Trainer:
     """Builds everything from ``cfg`` up front (so a bad input fails before any file is written),
     then :meth:`fit` trains, evaluates every epoch and checkpoints.
 
     Files in ``out_dir``: ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``, ``last.pt``,
     ``best.pt`` and, once finished, ``result.json``.
+
+    Under ``torchrun`` every process builds the same trainer; the student and the methods'
+    modules are wrapped in ``DistributedDataParallel`` (the teacher never is), each process
+    trains on its share of every global batch (:mod:`ckd.engine.distributed`), metrics are
+    summed over the processes and only rank 0 prints and writes files.
     """
 
     def __init__(
@@ -128,10 +183,12 @@ class Trainer:
         echo: Callable[[str], None] = _say,
     ) -> None:
         self.cfg = cfg
-        self.echo = echo
+        self.dist, device = init_distributed(cfg.run.dist_backend, cfg.run.device)
+        self.echo = echo if self.dist.is_main else _silent
+        check_split(cfg.data.batch_size, self.dist, cfg.optim.accum_steps)
         self.out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir else cfg.default_out_dir()
         self.resume_from = self._check_run_dir(resume)
-        self.device = pick_device(cfg.run.device)
+        self.device = pick_device(device)
         self.amp = amp_dtype(cfg.run.amp, self.device)
         self.channels_last = channels_last_enabled(cfg.run.channels_last, self.device)
         seed_everything(cfg.run.seed)
@@ -140,10 +197,20 @@ class Trainer:
             fast_data(self.data, cfg.data, self.device) if cfg.data.loader == "fast" else None
         )
         if self.fast is not None:
-            self.test_loader = fast_test_loader(self.fast.test, cfg.data, self.channels_last)
+            self.test_loader = fast_test_loader(
+                self.fast.test, cfg.data, self.channels_last, self.dist
+            )
         else:
-            self.test_loader = test_loader(self.data, cfg.data, self.device)
-        self.distiller = build_distiller(cfg, self.data.info, len(self.data.train)).to(self.device)
+            self.test_loader = test_loader(self.data, cfg.data, self.device, self.dist)
+        self.distiller = build_distiller(cfg, self.data.info, len(self.data.train))
+        if cfg.run.sync_bn and self.dist.distributed:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    f"run.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on "
+                    f"{self.device.type}); set run.sync_bn=false"
+                )
+            self.distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.distiller.student)
+        self.distiller.to(self.device)
         if self.channels_last:
             self.distiller.to(memory_format=torch.channels_last)
         o = cfg.optim
@@ -168,6 +235,11 @@ class Trainer:
         if cfg.run.compile is not False and self.teacher_cache is None:
             if self.distiller.teacher is not None:  # frozen: weights become constants
                 self.distiller.teacher.compile(options={"freezing": True})
+        self.ddp: DDP | None = None
+        if self.dist.distributed:  # broadcasts rank 0's weights (and buffers) to every rank
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(_TrainView(self.distiller), device_ids=ids)
+        self.lr_scale = lr_scale(cfg.optim, cfg.data.batch_size)
 
     # ------------------------------------------------------------------ set-up
     def _check_run_dir(self, resume: bool) -> Path | None:
@@ -210,6 +282,8 @@ class Trainer:
         cfg, d = self.cfg, self.distiller
         assert self.fast is not None and d.teacher is not None  # validated with the config
         identity = cache_identity(cfg, self.fast.train)
+        if not self.dist.is_main:  # rank 0 opens (or builds) it first
+            self.dist.barrier()
         cache = open_cache(folder, identity, cfg.optim.epochs)
         if cache is None:
             self.echo(
@@ -226,6 +300,8 @@ class Trainer:
                 channels_last=self.channels_last,
                 echo=self.echo,
             )
+        if self.dist.is_main:
+            self.dist.barrier()
         if d.needs_features and not cache.has_features:
             self.echo(
                 f"teacher cache {folder} holds logits only and a method here reads teacher "
@@ -241,7 +317,7 @@ class Trainer:
         epoch = min(self.start_epoch, cfg.optim.epochs - 1)
         loader = self._fast_loader(epoch)
         sample = []
-        for images, _, index in loader:
+        for images, _, index in loader:  # this rank's micro-batches
             sample.append((epoch, images, index))
             if len(sample) >= CACHE_VERIFY_BATCHES:
                 break
@@ -250,7 +326,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _progress(self, iterable, **kw):
-        enabled = self.cfg.run.progress and sys.stderr.isatty()
+        enabled = self.cfg.run.progress and sys.stderr.isatty() and self.dist.is_main
         return tqdm(iterable, disable=not enabled, leave=False, dynamic_ncols=True, **kw)
 
     def _fast_loader(self, epoch: int):
@@ -263,6 +339,8 @@ class Trainer:
             aug_seed_of(self.cfg),
             epoch,
             self.channels_last,
+            self.dist,
+            self.cfg.optim.accum_steps,
         )
 
     def _teacher_source(self, epoch: int, images: torch.Tensor, index: torch.Tensor):
@@ -279,16 +357,18 @@ class Trainer:
 
     def epoch_batches(
         self, epoch: int
-    ) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, TeacherSource]]]:
-        """Seed the epoch's randomness from ``(seed, epoch)`` and return its number of batches
-        and the batches ``(images, targets, index, teacher source)``, on the device."""
-        seed_everything(epoch_seed(self.cfg.run.seed, epoch))
+    ) -> tuple[int, Iterator[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, TeacherSource]]]]:
+        """Seed the epoch's randomness from ``(seed, epoch)`` (and the rank) and return its number
+        of optimisation steps and the steps, each a list of this rank's ``optim.accum_steps``
+        micro-batches ``(images, targets, index, teacher source)`` on the device."""
+        seed_everything(epoch_seed(self.cfg.run.seed, epoch) + 7919 * self.dist.rank)
+        accum = self.cfg.optim.accum_steps
         if self.fast is not None:
             fast = self._fast_loader(epoch)
-            batches = ((x, y, i, self._teacher_source(epoch, x, i)) for x, y, i in fast)
-            return len(fast), batches
+            micro = ((x, y, i, self._teacher_source(epoch, x, i)) for x, y, i in fast)
+            return fast.steps(), _group(micro, accum)
         generator = torch.Generator().manual_seed(epoch_seed(self.cfg.run.seed, epoch))
-        loader = train_loader(self.data, self.cfg.data, self.device, generator)
+        loader = train_loader(self.data, self.cfg.data, self.device, generator, self.dist, accum)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
 
         def standard():
@@ -296,63 +376,82 @@ class Trainer:
                 images = images.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
                 yield images, targets.to(self.device, non_blocking=True), index, None
 
-        return len(loader), standard()
+        return len(loader) // accum, _group(standard(), accum)
 
     def train_step(
         self,
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        index: torch.Tensor,
-        teacher: TeacherSource,
+        micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, TeacherSource]],
         epoch: int,
         step: int,
         lr: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimisation step; returns (loss, student logits, loss terms)."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        """One optimisation step over this rank's micro-batches (gradients accumulated, DDP's
+        all-reduce only after the last); returns (loss, student logits, loss terms) of each,
+        detached."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(
-            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
-        ):
-            logits, terms = self.distiller.forward_train(
-                images, targets, teacher=teacher, epoch=epoch, step=step, index=index
-            )
-        loss = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        forward = self.ddp if self.ddp is not None else self.distiller.forward_train
+        gather = self.dist.gather if self.dist.distributed else None
+        n = len(micro_batches)
+        done = []
+        for k, (images, targets, index, teacher) in enumerate(micro_batches):
+            later = self.ddp is not None and k < n - 1
+            with self.ddp.no_sync() if later else nullcontext():  # type: ignore[union-attr]
+                with torch.autocast(
+                    self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+                ):
+                    logits, terms = forward(
+                        images,
+                        targets,
+                        teacher=teacher,
+                        epoch=epoch,
+                        step=step,
+                        index=index,
+                        gather=gather,
+                    )
+                loss = torch.stack([t.float() for t in terms.values()]).sum()
+                self.scaler.scale(loss / n if n > 1 else loss).backward()
+            done.append((loss.detach(), logits.detach(), {k: v.detach() for k, v in terms.items()}))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss, logits, terms
+        return done
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training set; returns the epoch's mean loss terms and accuracy."""
-        iters, batches = self.epoch_batches(epoch)
+        """One pass over the training set; returns the epoch's mean loss terms and accuracy
+        (over all processes)."""
+        steps, batches = self.epoch_batches(epoch)
         self.distiller.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
-        seen = 0
+        seen = torch.zeros((), device=self.device)
         start = time.perf_counter()
         bar = self._progress(
-            batches, total=iters, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
+            batches, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
         )
-        for i, (images, targets, index, teacher) in enumerate(bar):
-            lr = learning_rate(self.cfg.optim, epoch, i, iters)
-            loss, logits, terms = self.train_step(
-                images, targets, index, teacher, epoch, epoch * iters + i, lr
-            )
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value.detach().float() * targets.numel()
-            correct += (logits.detach().argmax(1) == targets).sum()
-            seen += targets.numel()
+        for i, micro_batches in enumerate(bar):
+            lr = learning_rate(self.cfg.optim, epoch, i, steps, self.lr_scale)
+            done = self.train_step(micro_batches, epoch, epoch * steps + i, lr)
+            for (_, targets, *_), (_, logits, terms) in zip(micro_batches, done, strict=True):
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.float() * targets.numel()
+                correct += (logits.argmax(1) == targets).sum()
+                seen += targets.numel()
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+                bar.set_postfix(loss=f"{done[-1][0].item():.3f}", lr=f"{lr:.4g}")
+        self.dist.broadcast_buffers(self.distiller.student)
+        self.dist.broadcast_buffers(self.distiller.methods)
+        names = list(sums)
+        totals = torch.stack([*(sums[k] for k in names), correct.float(), seen.float()])
+        totals = self.dist.all_reduce_sum(totals).tolist()
         elapsed = time.perf_counter() - start
-        row = {f"train_{k}": (v / seen).item() for k, v in sums.items()}
+        n = totals[-1]
+        row = {f"train_{k}": v / n for k, v in zip(names, totals, strict=False)}
         row["train_loss"] = sum(row.values())
-        row["train_top1"] = 100.0 * correct.item() / seen
+        row["train_top1"] = 100.0 * totals[-2] / n
         row["lr"] = lr
         row["train_time_s"] = elapsed
-        row["images_per_s"] = seen / elapsed
+        row["images_per_s"] = n / elapsed
         if not all(math.isfinite(v) for v in row.values()):
             raise FloatingPointError(
                 f"non-finite loss in epoch {epoch + 1}: {row}; last checkpoint kept as it was"
@@ -377,14 +476,22 @@ class Trainer:
         }
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        return evaluate(model, self.test_loader, self.device, self.amp)
+        return evaluate(
+            model,
+            self.test_loader,
+            self.device,
+            self.amp,
+            reduce=self.dist.all_reduce_sum if self.dist.distributed else None,
+        )
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train to ``optim.epochs`` (or stop after epoch ``stop_after``, to continue later with
         ``resume``). Returns the result (also written to ``result.json`` when finished)."""
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume_from is None:
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if main and self.resume_from is None:
             (self.out_dir / "config.yaml").write_text(
                 yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
@@ -404,6 +511,16 @@ class Trainer:
             f"{'channels_last' if self.channels_last else 'contiguous'}"
             + {True: ", compiled", "teacher": ", teacher compiled"}.get(cfg.run.compile, "")
             + (f", teacher cache {cfg.run.teacher_cache}" if self.teacher_cache else "")
+            + (
+                f", DDP {torch.distributed.get_backend()} x {self.dist.world_size} process(es)"
+                if self.ddp is not None
+                else ""
+            )
+            + (
+                f", {cfg.optim.accum_steps} micro-batches per step"
+                if cfg.optim.accum_steps > 1
+                else ""
+            )
         )
         if d.teacher is not None:
             teacher = self.evaluate(d.teacher)
@@ -416,6 +533,7 @@ class Trainer:
             self.out_dir,
             cfg.run.tensorboard,
             resume_epoch=self.start_epoch if self.resume_from else None,
+            enabled=main,
         )
         wall = time.perf_counter()
         last = None
@@ -427,10 +545,11 @@ class Trainer:
                 is_best = test["top1"] > self.best_top1
                 if is_best:
                     self.best_top1, self.best_epoch = test["top1"], epoch + 1
-                ckpt = self._checkpoint(epoch + 1)
-                save_atomic(ckpt, self.out_dir / "last.pt")
-                if is_best:
-                    save_atomic(ckpt, self.out_dir / "best.pt")
+                if main:
+                    ckpt = self._checkpoint(epoch + 1)
+                    save_atomic(ckpt, self.out_dir / "last.pt")
+                    if is_best:
+                        save_atomic(ckpt, self.out_dir / "best.pt")
                 log.log(last)
                 self.echo(
                     f"epoch {epoch + 1:>3}/{cfg.optim.epochs}  loss {row['train_loss']:.4f}  "
@@ -459,9 +578,10 @@ class Trainer:
             "student": cfg.student.name,
             "teacher": cfg.teacher.name if cfg.teacher else None,
             "seed": cfg.run.seed,
+            "processes": self.dist.world_size,
             "out_dir": str(self.out_dir),
         }
-        if result["finished"]:
+        if result["finished"] and main:
             (self.out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         self.echo(
             f"done: last top-1 {result['last_top1']:.2f} (epoch {result['epochs']}), "

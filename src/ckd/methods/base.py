@@ -81,7 +81,10 @@ class Batch:
     ``student`` holds the student's :class:`Outputs` (with gradient); ``teacher`` the teacher's,
     computed on first access (once per batch, whatever the number of methods) without gradient.
     ``epoch`` (0-based), ``step`` (global optimisation step) and ``index`` (``[B]`` dataset
-    indices of the samples) come from the trainer, the same for every method.
+    indices of the samples) come from the trainer, the same for every method. ``gather(x)``
+    concatenates a ``[B, ...]`` tensor of every process of a distributed run in rank order
+    (``[world * B, ...]``, gradients flowing back to each process's own slice); in a single
+    process it returns ``x``.
 
     ``teacher`` may bring the teacher's outputs from elsewhere (e.g. a cache of them): an
     :class:`Outputs`, or a function returning one, called on first access instead of running the
@@ -99,9 +102,11 @@ class Batch:
         step: int = 0,
         index: torch.Tensor | None = None,
         teacher: TeacherSource = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.images, self.targets, self.student = images, targets, student
         self.epoch, self.step, self.index = epoch, step, index
+        self.gather = gather or _same
         self._distiller = distiller
         self._teacher: Outputs | None = None
         self._given_teacher = teacher
@@ -120,6 +125,10 @@ class Batch:
                     out = d.teacher_outputs(self.images)
                 self._teacher = out
         return self._teacher
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Method(nn.Module):
@@ -269,7 +278,7 @@ class Distiller(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training batch -> (student logits ``[B, K]``, {term name: weighted scalar}).
 
-        ``ctx`` (``epoch``, ``step``, ``index``) is passed on to every method in the
+        ``ctx`` (``epoch``, ``step``, ``index``, ``gather``) is passed on to every method in the
         :class:`Batch`; ``teacher`` (precomputed teacher outputs, see :class:`Batch`) too.
         """
         student = run_network(self.student, images, self.needs_features, self.needs_preact)

@@ -20,6 +20,10 @@ class CKDOptions(MethodOptions):
     # z-score teacher and student logits per sample first (Sun et al., CVPR 2024). As CKD then
     # L2-normalises them, this amounts to centring each logit vector before the cosine.
     logit_standardize: bool = False
+    # Distributed runs: take the negatives from the global batch (every process's logits,
+    # gathered with gradients) instead of each process's own share, as the released recipe
+    # does (false). A single process is unaffected.
+    global_negatives: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -41,4 +45,6 @@ class CKD(Method):
         s, t = b.student.logits, b.teacher.logits
         if o.logit_standardize:
             s, t = standardize_logits(s), standardize_logits(t)
+        if o.global_negatives:
+            s, t = b.gather(s), b.gather(t.detach())
         return {"ce": self.ce(b), "ckd": o.w_ckd * ckd_loss(s, t, o.temperature, o.negatives)}

@@ -116,7 +116,9 @@ class CRD(Method):
                 self.normalisers.copy_(crd_normalisers(*banks))
             self._normalisers_set = True
         term = crd_loss(*banks[:5], self.normalisers, o.nce_t)
-        with torch.no_grad():
+        with torch.no_grad():  # every process updates its banks with the global batch
+            index = b.gather(index)
             for bank, new in ((self.memory_student, v_s), (self.memory_teacher, v_t)):
+                new = b.gather(new.detach())
                 bank.index_copy_(0, index, crd_memory_update(bank[index], new, o.nce_m))
         return {"ce": self.ce(b), "crd": o.w_crd * term}

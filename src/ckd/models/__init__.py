@@ -18,6 +18,7 @@ from torch import nn
 
 # importing the architecture modules registers their models
 from ckd.models import (  # noqa: F401
+    mobilenetv1,
     mobilenetv2,
     resnet,
     resnetv2,
