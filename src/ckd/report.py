@@ -127,7 +127,10 @@ def _pm(mean: float, std: float) -> str:
 
 
 def _reference(groups: list[Group], student: str, method: str) -> Group | None:
-    return next((g for g in groups if g.student == student and g.method == method), None)
+    """The one entry of ``method`` for ``student``; None when there is none or several (e.g. KD
+    at several batch sizes: no single reference, so no gain is shown)."""
+    found = [g for g in groups if g.student == student and g.method == method]
+    return found[0] if len(found) == 1 else None
 
 
 def software_versions() -> dict[str, str]:
@@ -154,17 +157,26 @@ def markdown_report(rows: list[dict[str, Any]], title: str, command: str, notes:
     """``report.md``: mean ± std of the last-epoch top-1 per (label, student), gains over the
     CE-only and KD runs of the same student, the teacher's accuracy, command and versions."""
     groups = aggregate(rows)
-    teachers = sorted({(r["teacher"], r["teacher_top1"]) for r in rows if r["teacher"]}, key=str)
+    teachers: dict[str, dict[int, float]] = {}
+    for r in rows:
+        if r["teacher"] and r["teacher_top1"] is not None:
+            teachers.setdefault(r["teacher"], {})[int(r["seed"])] = float(r["teacher_top1"])
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes, ""]
     lines += [f"Command: `{command}`", ""]
-    for name, acc in teachers:
-        if acc is not None:
-            lines.append(f"Teacher {name}: top-1 {acc:.2f}")
+    for name, by_seed in sorted(teachers.items()):
+        accs = sorted(set(by_seed.values()))
+        if len(accs) == 1:
+            lines.append(f"Teacher {name}: top-1 {accs[0]:.2f}")
+        else:  # the seeds were evaluated on different test subsets
+            each = ", ".join(f"seed {k}: {v:.2f}" for k, v in sorted(by_seed.items()))
+            lines.append(f"Teacher {name}: top-1 {statistics.fmean(accs):.2f} ({each})")
     lines += [
         "",
-        "Last-epoch test top-1 (%), mean ± sample std over seeds; best epoch for reference only.",
+        "Last-epoch test top-1 (%), mean ± sample std over seeds; best epoch for reference only. "
+        "Gains are differences of the means to the one CE-only (vanilla) and the one KD entry of "
+        "the same student (none shown when a suite has several).",
         "",
         "| method | student | seeds | last top-1 | best top-1 | vs CE | vs KD |",
         "|---|---|---|---|---|---|---|",
