@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # The GPU checks of one device session (H100/H200, torch from the machine's image, the package
 # from src/ without installing): (1) the NCCL path of distributed training through torchrun,
-# (2) the Fashion-MNIST suites on the fast loader, (3) the epoch-time benchmark.
-# Fashion-MNIST's four .gz files travel in .gpu_data/. Results go to $OUT.
+# (2) the Fashion-MNIST suites on the fast loader, (3) the epoch-time benchmark, (4) the cost of a
+# CKD step against KD, DKD and CRD, (5) detection distillation on CUDA with bf16.
+# STEPS picks them (default: "nccl suites epoch"). Fashion-MNIST's four .gz files travel in
+# .gpu_data/; wheels of packages the machine lacks (pycocotools, for step 5) in .whl/.
+# Results go to $OUT.
 set -u
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
+STEPS=${STEPS:-"nccl suites epoch"}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 mkdir -p /usr/share/datasets/fashion-mnist && cp .gpu_data/*.gz /usr/share/datasets/fashion-mnist/
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
@@ -12,7 +21,7 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 nproc | sed 's/^/cpu cores /' | tee -a "$OUT/machine.txt"
 
 # (1) NCCL: the same CKD run (gathered negatives) as a torchrun launch and as a plain process
-{
+has nccl && {
   python3 -m ckd train fashion_mnist/teacher data.loader=fast optim.epochs=3 run.out_dir=/tmp/teacher run.progress=false
   torchrun --standalone --nproc-per-node=1 -m ckd train fashion_mnist/ckd data.loader=fast \
     teacher.checkpoint=/tmp/teacher/last.pt method.global_negatives=true optim.epochs=3 \
@@ -23,7 +32,7 @@ nproc | sed 's/^/cpu cores /' | tee -a "$OUT/machine.txt"
 
 # (2) the suites, fast loader, one shared teacher (bounded: what finished is packed either way)
 CLAIM="[data.num_workers=0,data.train_subset=2000,optim.epochs=5,data.loader=fast]"
-timeout "${SUITE_LIMIT:-420}" bash -c '
+has suites && timeout "${SUITE_LIMIT:-420}" bash -c '
   run_suite() {
     python3 -m ckd bench "benchmarks/suites/fashion_mnist_$1.yaml" "overrides=$2" \
       "out_dir=runs/gpu/$1" teacher.out_dir=runs/gpu/teacher
@@ -33,8 +42,23 @@ timeout "${SUITE_LIMIT:-420}" bash -c '
   time run_suite temperature_weight "$0"
   time run_suite batch_size "$0"
 ' "$CLAIM" > "$OUT/suites.log" 2>&1
-tar czf "$OUT/gpu_suites.tgz" --exclude='*.pt' --exclude=tensorboard runs/gpu
-tail -5 "$OUT/suites.log"
+has suites && tar czf "$OUT/gpu_suites.tgz" --exclude='*.pt' --exclude=tensorboard runs/gpu
+has suites && tail -5 "$OUT/suites.log"
 
 # (3) epoch time, if time is left
-timeout "${EPOCH_LIMIT:-150}" python3 benchmarks/gpu_epoch.py --out "$OUT" 2>&1 | tail -20
+has epoch && timeout "${EPOCH_LIMIT:-150}" python3 benchmarks/gpu_epoch.py --out "$OUT" 2>&1 | tail -20
+
+# (4) cost of a step: CKD against KD, DKD, CRD and CE only (time and peak CUDA memory)
+has cost && python3 -m ckd bench speed --device cuda --rounds 3 --steps 40 \
+  --variants fast:ckd,fast:kd,fast:dkd,fast:crd,fast:vanilla --json "$OUT/gpu_cost.json" \
+  2>&1 | tee "$OUT/gpu_cost.txt" | grep -v "^round"
+
+# (5) detection on CUDA with bf16 (a smoke test, not a benchmark): a 60-iteration teacher, then
+# a CKD + ReviewKD student, Mask R-CNN on the generated shapes
+D="run.device=cuda run.amp=bf16 optim.iters=60 optim.eval_every=60 optim.checkpoint_every=60"
+D="$D optim.milestones=[40,50] optim.warmup_iters=10 data.num_workers=4"
+has detection && {
+  python3 -m ckd train detection/shapes/mask_rcnn_teacher $D run.out_dir=/tmp/det_t
+  python3 -m ckd train detection/shapes/mask_rcnn_ckd $D teacher.checkpoint=/tmp/det_t/last.pt \
+    run.out_dir=/tmp/det_s --json
+} 2>&1 | grep -v "^iter" | tee "$OUT/gpu_detection.log"

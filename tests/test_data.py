@@ -44,7 +44,7 @@ def no_search_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_and_info() -> None:
-    assert D.dataset_names() == ["cifar10", "cifar100", "fashion_mnist"]
+    assert D.dataset_names() == ["cifar10", "cifar100", "fashion_mnist", "imagenet", "places365"]
     assert all(name in D.DATASETS for name in D.dataset_names())
     c100, c10, f = (D.dataset_info(n) for n in ("cifar100", "cifar10", "fashion_mnist"))
     assert (c100.num_classes, c100.in_channels, c100.image_size) == (100, 3, 32)
@@ -54,10 +54,16 @@ def test_registry_and_info() -> None:
     assert (f.num_classes, f.in_channels, f.image_size) == (10, 1, 32)
     assert len(f.mean) == len(f.std) == 1
     assert len(CIFAR100_CLASSES) == 100 and list(CIFAR100_CLASSES) == sorted(CIFAR100_CLASSES)
+    i = D.dataset_info("imagenet")
+    assert (i.num_classes, i.image_size, D.dataset_info("places365").num_classes) == (
+        1000,
+        224,
+        365,
+    )
     with pytest.raises(UnknownNameError, match="known: cifar10, cifar100, fashion_mnist"):
-        D.dataset_info("imagenet")
+        D.dataset_info("imagenet21k")
     with pytest.raises(UnknownNameError):
-        D.build_dataset("imagenet", None, True)
+        D.build_dataset("coco", None, True)
     assert issubclass(D.DataNotFoundError, FileNotFoundError)
 
 

@@ -34,14 +34,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{config} is a folder without config.yaml")
         overrides = [f"run.out_dir={config}", *overrides]
         config = str(Path(config) / "config.yaml")
-    cfg = load_config(config, overrides)
-    try:
-        trainer = Trainer(cfg, resume=args.resume)
-        result = trainer.fit(stop_after=args.stop_after)
-    finally:
-        shutdown()  # leave the process group of a torchrun launch (no-op otherwise)
-    if args.json and trainer.dist.is_main:
+    is_main = True
+    if _is_detection_config(config, overrides):
+        from ckd.detection.config import load_det_config
+        from ckd.detection.trainer import DetTrainer
+
+        det = load_det_config(config, overrides)
+        result = DetTrainer(det, resume=args.resume).fit(stop_after=args.stop_after)
+    else:
+        cfg = load_config(config, overrides)
+        try:
+            trainer = Trainer(cfg, resume=args.resume)
+            is_main = trainer.dist.is_main
+            result = trainer.fit(stop_after=args.stop_after)
+        finally:
+            shutdown()  # leave the process group of a torchrun launch (no-op otherwise)
+    if args.json and is_main:
         print(json.dumps(result))
+    return 0
+
+
+def _is_detection_config(config: str, overrides: list[str]) -> bool:
+    """Whether the config (file or shipped name, with overrides) says ``task: detection``."""
+    from ckd.config import apply_overrides, read_yaml, resolve_config_path
+    from ckd.detection.config import is_detection
+
+    path = resolve_config_path(config).resolve()
+    return is_detection(apply_overrides(read_yaml(path), overrides))
+
+
+def _cmd_make_shapes(args: argparse.Namespace) -> int:
+    from ckd.detection.shapes import make_shapes
+
+    for key in ("train", "val", "size", "max_shapes"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1; got {getattr(args, key)}")
+    root = make_shapes(args.out, args.train, args.val, args.size, args.max_shapes, args.seed)
+    print(f"wrote {root}: {args.train} train / {args.val} val images ({args.size}x{args.size})")
     return 0
 
 
@@ -121,13 +150,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("methods:")
         for name, cls in METHODS.items():
             print(f"  {name:<10} {cls.description}  [{cls.paper}]")
+        from ckd.detection.methods import DET_METHODS
+
+        print("detection methods (task: detection):")
+        for name, cls in DET_METHODS.items():
+            print(f"  {name:<10} {cls.description}  [{cls.paper}]")
     if what in ("all", "datasets"):
         print("datasets:")
         for name in DATASETS:
             print(f"  {name}")
     if what in ("all", "configs"):
         print("configs (ckd train NAME):")
-        for name in shipped_configs():
+        for name in shipped_configs() + shipped_configs("detection"):
             print(f"  {name}")
     return 0
 
@@ -323,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="EPOCH",
-        help="stop after this epoch (continue later with --resume)",
+        help="stop after this epoch (detection: iteration); continue later with --resume",
     )
     t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     t.set_defaults(func=_cmd_train)
@@ -412,6 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     b.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")
     b.set_defaults(func=_cmd_bench)
+
+    ms = sub.add_parser(
+        "make-shapes", help="write the small COCO-format shapes dataset (detection demo, tests)"
+    )
+    ms.add_argument("--out", default="data/shapes", help="dataset folder (COCO layout)")
+    ms.add_argument("--train", type=int, default=300, help="training images")
+    ms.add_argument("--val", type=int, default=60, help="validation images")
+    ms.add_argument("--size", type=int, default=96, help="image side in pixels")
+    ms.add_argument("--max-shapes", type=int, default=3, help="most shapes per image")
+    ms.add_argument("--seed", type=int, default=0)
+    ms.set_defaults(func=_cmd_make_shapes)
 
     c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
     c.add_argument("action", choices=["build", "info"])

@@ -19,6 +19,7 @@ import yaml
 
 from ckd.errors import ConfigError
 from ckd.methods import METHODS, MethodOptions
+from ckd.registry import Registry
 from ckd.schema import build, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -171,10 +172,17 @@ def resolve_config_path(name: str | Path) -> Path:
     )
 
 
-def shipped_configs() -> list[str]:
-    """Names of the shipped configs (files whose name starts with ``_`` are bases, not listed)."""
+DETECTION_DIR = "detection"
+"""The folder of ``CONFIG_DIR`` holding the detection configs (``task: detection``)."""
+
+
+def shipped_configs(task: Literal["classification", "detection"] = "classification") -> list[str]:
+    """Names of the shipped configs of one task (files whose name starts with ``_`` are bases,
+    not listed); the detection ones live under ``detection/``."""
     files = [p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_")]
-    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in files)
+    names = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in files)
+    detection = [n for n in names if n.split("/", 1)[0] == DETECTION_DIR]
+    return detection if task == "detection" else [n for n in names if n not in detection]
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -229,19 +237,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def method_from_dict(data: Any, where: str = "method", nested: bool = True) -> MethodConfig:
-    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``."""
+def method_from_dict(
+    data: Any, where: str = "method", nested: bool = True, registry: Registry | None = None
+) -> MethodConfig:
+    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``; the
+    names come from ``registry`` (default: the classification methods)."""
+    methods = METHODS if registry is None else registry
     if not isinstance(data, dict) or "name" not in data:
-        raise ConfigError(f"{where}: expected a mapping with a name, one of {METHODS.names()}")
+        raise ConfigError(f"{where}: expected a mapping with a name, one of {methods.names()}")
     data = dict(data)
     name = data.pop("name")
-    if name not in METHODS:
-        raise ConfigError(f"{where}.name: unknown method {name!r}; known: {', '.join(METHODS)}")
+    if name not in methods:
+        raise ConfigError(f"{where}.name: unknown method {name!r}; known: {', '.join(methods)}")
     also = data.pop("also", []) if nested else []
     if not isinstance(also, list):
         raise ConfigError(f"{where}.also: expected a list of methods, got {also!r}")
-    options = build(METHODS.get(name).Options, data, where)
-    parts = [method_from_dict(m, f"{where}.also[{i}]", nested=False) for i, m in enumerate(also)]
+    options = build(methods.get(name).Options, data, where)
+    parts = [
+        method_from_dict(m, f"{where}.also[{i}]", nested=False, registry=methods)
+        for i, m in enumerate(also)
+    ]
     return MethodConfig(name, options, parts)
 
 

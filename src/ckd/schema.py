@@ -105,7 +105,9 @@ def build(cls: type[T], data: Any, where: str = "", given: dict[str, Any] | None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields or k in given]
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]}; allowed: {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; allowed: {', '.join(fields) or '(none)'}"
+        )
     kwargs = dict(given)
     for name, f in fields.items():
         if name in given:

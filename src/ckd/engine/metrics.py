@@ -13,8 +13,9 @@ class MetricsLog:
     """Appends one JSON object per epoch to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     On resume, rows of epochs after the resumed one (written by the interrupted run after its
-    last checkpoint) are dropped so the file reads as one uninterrupted run. A log that is not
-    ``enabled`` (ranks other than 0) writes nothing.
+    last checkpoint) are dropped so the file reads as one uninterrupted run. ``step_key`` names
+    the row's position (``epoch``; ``iter`` for iteration-based runs such as detection). A log
+    that is not ``enabled`` (ranks other than 0) writes nothing.
     """
 
     def __init__(
@@ -23,14 +24,15 @@ class MetricsLog:
         tensorboard: bool,
         resume_epoch: int | None = None,
         enabled: bool = True,
+        step_key: str = "epoch",
     ) -> None:
         self.path = out_dir / "metrics.jsonl"
-        self.enabled = enabled
+        self.enabled, self.step_key = enabled, step_key
         self.writer = None
         if not enabled:
             return
         if resume_epoch is not None and self.path.exists():
-            rows = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= resume_epoch]
+            rows = [r for r in read_metrics(self.path) if r.get(step_key, 0) <= resume_epoch]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if tensorboard:
             try:
@@ -48,9 +50,9 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
-            step = row["epoch"]
+            step = row[self.step_key]
             for key, value in row.items():
-                if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                if key != self.step_key and isinstance(value, int | float) and math.isfinite(value):
                     self.writer.add_scalar(key, value, step)
             self.writer.flush()
 

@@ -149,6 +149,22 @@ def config_difference(started: dict[str, Any], now: dict[str, Any]) -> str | Non
     return None
 
 
+def check_run_dir(out_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (``--resume``), or None for a fresh run; a RunDirError when
+    resuming without a checkpoint or when a fresh run would overwrite one."""
+    last = out_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise RunDirError(f"--resume: no checkpoint {last} to resume from")
+        return last
+    if last.exists() or (out_dir / "result.json").exists():
+        raise RunDirError(
+            f"{out_dir} already holds a run; pass --resume to continue it or set "
+            "run.out_dir to a new folder (nothing was overwritten)"
+        )
+    return None
+
+
 class _TrainView(nn.Module):
     """What DDP wraps: the student and the methods' modules (never the teacher, which the
     distiller keeps outside this module's parameters); forward = ``Distiller.forward_train``."""
@@ -243,17 +259,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _check_run_dir(self, resume: bool) -> Path | None:
-        last = self.out_dir / "last.pt"
-        if resume:
-            if not last.is_file():
-                raise RunDirError(f"--resume: no checkpoint {last} to resume from")
-            return last
-        if last.exists() or (self.out_dir / "result.json").exists():
-            raise RunDirError(
-                f"{self.out_dir} already holds a run; pass --resume to continue it or set "
-                "run.out_dir to a new folder (nothing was overwritten)"
-            )
-        return None
+        return check_run_dir(self.out_dir, resume)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != FORMAT:
