@@ -96,3 +96,37 @@ def test_resume_equals_an_uninterrupted_run(shapes, trained_teacher, tmp_path, c
             assert torch.equal(v, b[part_name][k]), k
     rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["iter"] for r in rows] == [1, 2, 3, 4]
+
+
+def _train_rank(rank: int, path: str, out: str, stop_after) -> None:
+    """One rank of a torchrun-like launch (``tests.test_distributed._launch``)."""
+    torch.set_num_threads(1)
+    from ckd.detection.config import load_det_config
+    from ckd.detection.trainer import DetTrainer
+
+    trainer = DetTrainer(load_det_config(path), echo=lambda _: None)
+    trainer.fit(stop_after=stop_after)
+    torch.save(trainer.distiller.student.state_dict(), Path(out) / f"student_rank{rank}.pt")
+
+
+def test_two_processes_distill_a_detector_and_one_process_resumes(
+    shapes, trained_teacher, tmp_path
+):
+    """Two gloo processes share each global batch of 4: identical students on both ranks, files
+    from rank 0 only, loss terms averaged over ranks; a single process resumes the run."""
+    from tests.test_distributed import _launch
+
+    out = tmp_path / "run"
+    cfg = student_config(shapes, out, trained_teacher)
+    cfg["data"] |= {"batch_size": 4}  # 2 per rank: BN in the method modules needs 2
+    path = write(tmp_path / "ckd.yaml", cfg)
+    _launch(_train_rank, 2, path, str(tmp_path), 2)
+    a = torch.load(tmp_path / "student_rank0.pt")
+    b = torch.load(tmp_path / "student_rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a if "running_" not in k)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2] and rows[0]["train_roi_ckd"] > 0
+    assert main(["train", path, "--resume"]) == 0  # one process goes on from iteration 2
+    result = json.loads((out / "result.json").read_text())
+    assert result["finished"] and result["iterations"] == 4 and result["processes"] == 1

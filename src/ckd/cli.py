@@ -40,7 +40,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from ckd.detection.trainer import DetTrainer
 
         det = load_det_config(config, overrides)
-        result = DetTrainer(det, resume=args.resume).fit(stop_after=args.stop_after)
+        try:
+            det_trainer = DetTrainer(det, resume=args.resume)
+            is_main = det_trainer.dist.is_main
+            result = det_trainer.fit(stop_after=args.stop_after)
+        finally:
+            shutdown()
     else:
         cfg = load_config(config, overrides)
         try:

@@ -119,6 +119,8 @@ class DetRunConfig:
     tensorboard: bool = True
     progress: bool = True
     eval_teacher: bool = True  # evaluate the teacher once before training
+    # Under torchrun: the process-group backend (auto: NCCL with CUDA, gloo on the CPU).
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,34 @@ class EpochSampler(Sampler[int]):
         return len(self.order)
 
 
+class _Batches(Sampler[list[int]]):
+    """Consecutive batches of ``batch_size`` from ``order`` (a last incomplete one dropped when
+    ``drop_last``); with ``piece``, only that function's share of each batch (a rank's)."""
+
+    def __init__(
+        self,
+        order: list[int],
+        batch_size: int,
+        drop_last: bool,
+        piece: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.order, self.batch_size, self.drop_last, self.piece = (
+            order,
+            batch_size,
+            drop_last,
+            piece,
+        )
+
+    def __len__(self) -> int:
+        n, b = len(self.order), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i in range(len(self)):
+            batch = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield batch if self.piece is None else self.piece(torch.tensor(batch)).tolist()
+
+
 def train_batches(
     dataset: CocoDetection,
     batch_size: int,
@@ -167,20 +195,21 @@ def train_batches(
     epoch_seed: int,
     epoch: int,
     start_batch: int = 0,
+    piece: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DataLoader:
     """The loader of one training epoch: its order from ``epoch_seed``, from ``start_batch`` on.
 
     Incomplete last batches are dropped (when the set holds more than one batch), so every epoch
-    has ``len(dataset) // batch_size`` of them.
+    has ``len(dataset) // batch_size`` of them. ``batch_size`` is the global batch; ``piece``
+    picks this process's share of each (distributed runs).
     """
     dataset.set_epoch(epoch)
     generator = torch.Generator().manual_seed(epoch_seed)
     sampler = EpochSampler(len(dataset), generator, start_batch * batch_size)
+    batches = _Batches(sampler.order, batch_size, len(dataset) > batch_size, piece)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=len(dataset) > batch_size,
+        batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(epoch_seed),  # worker seeds, not the global RNG

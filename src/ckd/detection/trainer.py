@@ -8,9 +8,11 @@ epoch skips its trained batches without loading them, evaluation leaves the RNG 
 run folder never overwritten without ``--resume`` and a resume refused under a different
 config.
 
-DDP can be added as for classification: wrap ``distiller.student`` alone (the distiller calls it
-as a whole, see :mod:`ckd.detection.distiller`), shard :class:`~ckd.detection.data.EpochSampler`
-by rank and evaluate on rank 0.
+Under ``torchrun`` it runs data-parallel as the classification trainer does: ``data.batch_size``
+is the global batch, each rank trains on its share of every batch, the student and the methods'
+modules are wrapped in DistributedDataParallel (the teacher never is), the logged loss terms are
+averaged over the ranks, and rank 0 alone evaluates (COCOeval needs every detection in one
+place; the others wait), prints and writes files.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ckd.config import OptimConfig
@@ -51,9 +55,10 @@ from ckd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from ckd.engine.distributed import check_split, init_distributed, main_only, my_pieces
 from ckd.engine.metrics import MetricsLog
 from ckd.engine.schedule import learning_rate
-from ckd.engine.trainer import check_run_dir, config_difference, epoch_seed
+from ckd.engine.trainer import TrainView, check_run_dir, config_difference, epoch_seed
 from ckd.errors import ConfigError, RunDirError
 
 _say = functools.partial(print, flush=True)
@@ -112,6 +117,11 @@ def det_learning_rate(o: Any, iteration: int) -> float:
     return learning_rate(plan, iteration, 0, 1)
 
 
+def _first_piece(batch: torch.Tensor, ctx: Any) -> torch.Tensor:
+    """This rank's share of a global batch of indices."""
+    return my_pieces(batch, ctx, 1)[0]
+
+
 class _Window:
     """Running sums of the loss terms since the last logged row."""
 
@@ -124,6 +134,17 @@ class _Window:
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.steps += 1
         self.images += images
+
+    def reduce(self, ctx: Any) -> None:
+        """Average the sums over the ranks (and add up their images)."""
+        if not ctx.distributed or not self.sums:
+            return
+        names = list(self.sums)
+        flat = torch.stack([torch.as_tensor(self.sums[k]).float() for k in names])
+        flat = ctx.all_reduce_sum(flat) / ctx.world_size
+        self.sums = dict(zip(names, flat, strict=True))
+        count = torch.tensor([float(self.images)], device=flat.device)
+        self.images = int(ctx.all_reduce_sum(count).item())
 
     def row(self, it: int, iters_per_epoch: int, lr: float) -> dict[str, Any]:
         """The metrics row of the window (means per step), then a fresh window."""
@@ -146,10 +167,13 @@ class DetTrainer:
     """
 
     def __init__(self, cfg: DetConfig, resume: bool = False, echo: Callable = _say) -> None:
-        self.cfg, self.echo = cfg, echo
+        self.cfg = cfg
+        self.dist, device = init_distributed(cfg.run.dist_backend, cfg.run.device)
+        self.echo = main_only(self.dist, echo)
+        check_split(cfg.data.batch_size, self.dist, 1)
         self.out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir else cfg.default_out_dir()
         self.resume_from = check_run_dir(self.out_dir, resume)
-        self.device = pick_device(cfg.run.device)
+        self.device = pick_device(device)
         self.amp = amp_dtype(cfg.run.amp, self.device)
         seed_everything(cfg.run.seed)
         self.train_set, self.val_set = build_datasets(cfg)
@@ -170,6 +194,10 @@ class DetTrainer:
         self.teacher_metrics: dict[str, float] | None = None
         if self.resume_from is not None:
             self._restore(load_checkpoint(self.resume_from))
+        self.ddp: DDP | None = None
+        if self.dist.distributed:  # broadcasts rank 0's weights to every rank
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(TrainView(self.distiller), device_ids=ids)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         if ckpt.get("format") != FORMAT or ckpt.get("task") != "detection":
@@ -202,11 +230,22 @@ class DetTrainer:
         }
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """COCO AP of ``model``, leaving the RNG and the distiller's mode as they were."""
+        """COCO AP of ``model`` (computed by rank 0, given to every rank), leaving the RNG and
+        the distiller's mode as they were."""
         state, mode = rng_state(), self.distiller.training
         self.distiller.eval()
         try:
-            return evaluate_detector(model, self.val_loader, self.device, self.amp, self.masks)
+            metrics = None
+            if self.dist.is_main:
+                metrics = evaluate_detector(
+                    model, self.val_loader, self.device, self.amp, self.masks
+                )
+            if self.dist.distributed:
+                box = [metrics]
+                dist.broadcast_object_list(box, src=0)
+                metrics = box[0]
+            assert metrics is not None
+            return metrics
         finally:
             self.distiller.train(mode)
             set_rng_state(state)
@@ -221,10 +260,11 @@ class DetTrainer:
             {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in t.items()}
             for t in targets
         ]
+        forward = self.ddp if self.ddp is not None else self.distiller.forward_train
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
-            terms = self.distiller.forward_train(images, targets, iteration)
+            terms = forward(images, targets, iteration)
         loss = torch.stack([t.float() for t in terms.values()]).sum()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -242,8 +282,10 @@ class DetTrainer:
         """Train to ``optim.iters`` (or stop after iteration ``stop_after``, checkpointed, to
         continue with ``resume``). Returns the result (``result.json`` once finished)."""
         cfg, d, o = self.cfg, self.distiller, self.cfg.optim
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume_from is None:
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if main and self.resume_from is None:
             (self.out_dir / "config.yaml").write_text(
                 yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
@@ -252,6 +294,7 @@ class DetTrainer:
             f"run {self.out_dir}: {cfg.detector.arch} {methods}, student {cfg.student.backbone} "
             f"({sum(p.numel() for p in d.student.parameters()):,} parameters), {cfg.data.name} "
             f"{len(self.train_set)} train / {len(self.val_set)} val images, device {self.device}"
+            + (f", DDP {dist.get_backend()} x {self.dist.world_size}" if self.ddp else "")
         )
         if d.teacher is not None and cfg.run.eval_teacher and self.teacher_metrics is None:
             self.teacher_metrics = self.evaluate(d.teacher)
@@ -260,13 +303,14 @@ class DetTrainer:
             self.out_dir,
             cfg.run.tensorboard,
             resume_epoch=self.start_iter if self.resume_from else None,
+            enabled=main,
             step_key="iter",
         )
         end = o.iters if stop_after is None else min(o.iters, max(stop_after, self.start_iter))
         wall, it = time.perf_counter(), self.start_iter
         window = _Window()
         metrics: dict[str, float] = {}
-        show = cfg.run.progress and sys.stderr.isatty()
+        show = cfg.run.progress and sys.stderr.isatty() and main
         bar = tqdm(total=o.iters, initial=it, disable=not show, leave=False, dynamic_ncols=True)
         d.train()
         try:
@@ -276,6 +320,7 @@ class DetTrainer:
                 bar.update(1)
                 evaluate = it % o.eval_every == 0 or it == o.iters
                 if it % o.log_every == 0 or evaluate or it == end:
+                    window.reduce(self.dist)
                     row = window.row(it, self.iters_per_epoch, det_learning_rate(o, step))
                     self._say_row(row)
                     if evaluate:
@@ -284,7 +329,7 @@ class DetTrainer:
                         self._say_metrics(f"iter {it}", metrics)
                     log.log(row)
                     bar.set_postfix(loss=f"{row['train_loss']:.3f}")
-                if it % o.checkpoint_every == 0 or it == end:
+                if main and (it % o.checkpoint_every == 0 or it == end):
                     save_atomic(self._checkpoint(it), self.out_dir / "last.pt")
         finally:
             bar.close()
@@ -303,11 +348,14 @@ class DetTrainer:
         while True:
             epoch, position = divmod(it, self.iters_per_epoch)
             seed = epoch_seed(cfg.run.seed, epoch)
-            if position == 0:
-                seed_everything(seed)
+            if position == 0:  # each rank its own RoI sampling and sizes
+                seed_everything(seed + 7919 * self.dist.rank)
             data = cfg.data
+            piece = None
+            if self.dist.distributed:
+                piece = functools.partial(_first_piece, ctx=self.dist)
             loader = train_batches(
-                self.train_set, data.batch_size, data.num_workers, seed, epoch, position
+                self.train_set, data.batch_size, data.num_workers, seed, epoch, position, piece
             )
             for images, targets in loader:
                 yield it, images, targets
@@ -334,9 +382,10 @@ class DetTrainer:
             "student": cfg.student.backbone,
             "teacher": cfg.teacher.backbone if cfg.teacher else None,
             "seed": cfg.run.seed,
+            "processes": self.dist.world_size,
             "out_dir": str(self.out_dir),
         }
-        if result["finished"]:
+        if result["finished"] and self.dist.is_main:
             (self.out_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         if metrics:
             self._say_metrics(f"done ({it} iterations)", metrics)

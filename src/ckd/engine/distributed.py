@@ -15,7 +15,7 @@ train``) everything here is the single-process identity.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +88,15 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def main_only(ctx: DistContext, echo: Callable[[str], None]) -> Callable[[str], None]:
+    """``echo`` on rank 0; a function that prints nothing on the other ranks."""
+    return echo if ctx.is_main else _silent
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def context_from_env() -> DistContext:

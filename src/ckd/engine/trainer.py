@@ -53,7 +53,7 @@ from ckd.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from ckd.engine.distributed import check_split, init_distributed
+from ckd.engine.distributed import check_split, init_distributed, main_only
 from ckd.engine.evaluate import evaluate
 from ckd.engine.metrics import MetricsLog
 from ckd.engine.schedule import learning_rate, lr_scale
@@ -76,10 +76,6 @@ _RESUME_FREE = {
 
 
 _say = functools.partial(print, flush=True)
-
-
-def _silent(_: str) -> None:
-    """The echo of ranks other than 0."""
 
 
 def _group(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -165,7 +161,7 @@ def check_run_dir(out_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-class _TrainView(nn.Module):
+class TrainView(nn.Module):
     """What DDP wraps: the student and the methods' modules (never the teacher, which the
     distiller keeps outside this module's parameters); forward = ``Distiller.forward_train``."""
 
@@ -200,7 +196,7 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.dist, device = init_distributed(cfg.run.dist_backend, cfg.run.device)
-        self.echo = echo if self.dist.is_main else _silent
+        self.echo = main_only(self.dist, echo)
         check_split(cfg.data.batch_size, self.dist, cfg.optim.accum_steps)
         self.out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir else cfg.default_out_dir()
         self.resume_from = self._check_run_dir(resume)
@@ -254,7 +250,7 @@ class Trainer:
         self.ddp: DDP | None = None
         if self.dist.distributed:  # broadcasts rank 0's weights (and buffers) to every rank
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(_TrainView(self.distiller), device_ids=ids)
+            self.ddp = DDP(TrainView(self.distiller), device_ids=ids)
         self.lr_scale = lr_scale(cfg.optim, cfg.data.batch_size)
 
     # ------------------------------------------------------------------ set-up
