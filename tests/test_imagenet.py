@@ -101,7 +101,7 @@ def test_imagenet_tree_trains_and_evaluates_through_the_cli(tmp_path, imagenet_t
     assert row["lr"] == pytest.approx(0.2 * 8 / 512 * 0.5 * (1 + np.cos(np.pi * 1 / 2)))
     assert row["train_ckd"] > 0
     capsys.readouterr()
-    assert main(["eval", str(out / "last.pt")]) == 0
+    assert main(["eval", str(out / "last.pt"), "--subset", "8", "--batch-size", "8"]) == 0
     assert "top-1" in capsys.readouterr().out
 
 
