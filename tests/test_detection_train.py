@@ -121,8 +121,8 @@ def test_two_processes_distill_a_detector_and_one_process_resumes(
     cfg["data"] |= {"batch_size": 4}  # 2 per rank: BN in the method modules needs 2
     path = write(tmp_path / "ckd.yaml", cfg)
     _launch(_train_rank, 2, path, str(tmp_path), 2)
-    a = torch.load(tmp_path / "student_rank0.pt")
-    b = torch.load(tmp_path / "student_rank1.pt")
+    a = torch.load(tmp_path / "student_rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "student_rank1.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a if "running_" not in k)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]

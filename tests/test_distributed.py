@@ -147,7 +147,9 @@ def test_gathered_ckd_loss_equals_the_loss_of_the_concatenated_batch(tmp_path):
         loss = ckd_loss(s, t_all, 0.5, negatives)
         loss.backward()
         for rank in range(2):
-            got_loss, got_grad = torch.load(tmp_path / f"rank{rank}.pt")[negatives]
+            got_loss, got_grad = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[
+                negatives
+            ]
             torch.testing.assert_close(got_loss, loss.detach())
             # each rank's slice gets the gradient summed over both ranks' (equal) losses: DDP's
             # average over the ranks then gives the single-process gradient
@@ -182,8 +184,8 @@ def runs(tmp_path_factory, fake_fmnist):
 
 
 def test_two_processes_end_with_identical_students(runs):
-    a = torch.load(runs / "two" / "student_rank0.pt")
-    b = torch.load(runs / "two" / "student_rank1.pt")
+    a = torch.load(runs / "two" / "student_rank0.pt", weights_only=True)
+    b = torch.load(runs / "two" / "student_rank1.pt", weights_only=True)
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

@@ -284,6 +284,22 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def validate_method_and_loading(method: MethodConfig, d: Any, subsets: tuple[str, ...]) -> None:
+    """The checks classification and detection configs share: every method part's options, and
+    the data section's batch sizes, workers and subset sizes (``subsets``: their keys)."""
+    for part in method.parts():
+        try:
+            part.options.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    for key in ("batch_size", "test_batch_size"):
+        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
+    for key in subsets:
+        v = getattr(d, key)
+        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks beyond types: names, files and ranges."""
     from ckd.data import DATASETS
@@ -345,17 +361,7 @@ def validate(cfg: Config) -> None:
             cfg.teacher is None,
             f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
         )
-    for part in cfg.method.parts():
-        try:
-            part.options.validate()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
-    for key in ("train_subset", "test_subset"):
-        v = getattr(d, key)
-        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+    validate_method_and_loading(cfg.method, d, ("train_subset", "test_subset"))
     _require(o.epochs >= 1, f"optim.epochs must be >= 1; got {o.epochs}")
     _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
     _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")

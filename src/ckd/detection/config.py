@@ -22,6 +22,7 @@ from ckd.config import (
     method_from_dict,
     read_yaml,
     resolve_config_path,
+    validate_method_and_loading,
 )
 from ckd.errors import ConfigError
 from ckd.schema import build, to_dict
@@ -223,17 +224,7 @@ def validate(cfg: DetConfig) -> None:
         )
     if cfg.teacher is not None:
         _validate_model("teacher", cfg.teacher)
-    for part in cfg.method.parts():
-        try:
-            part.options.validate()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
-    for key in ("train_subset", "val_subset"):
-        v = getattr(d, key)
-        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+    validate_method_and_loading(cfg.method, d, ("train_subset", "val_subset"))
     _require(
         not (d.name == "shapes" and d.labels == "category_id"),
         "data.labels: the shapes dataset uses contiguous labels; got 'category_id'",

@@ -426,7 +426,7 @@ class Trainer:
         self.distiller.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=self.device)
-        seen = torch.zeros((), device=self.device)
+        seen = 0
         start = time.perf_counter()
         bar = self._progress(
             batches, total=steps, desc=f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
@@ -444,7 +444,8 @@ class Trainer:
         self.dist.broadcast_buffers(self.distiller.student)
         self.dist.broadcast_buffers(self.distiller.methods)
         names = list(sums)
-        totals = torch.stack([*(sums[k] for k in names), correct.float(), seen.float()])
+        seen_t = torch.tensor(float(seen), device=self.device)
+        totals = torch.stack([*(sums[k] for k in names), correct.float(), seen_t])
         totals = self.dist.all_reduce_sum(totals).tolist()
         elapsed = time.perf_counter() - start
         n = totals[-1]

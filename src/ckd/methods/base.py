@@ -27,19 +27,26 @@ from ckd.registry import Registry
 
 
 @dataclasses.dataclass
-class MethodOptions:
-    """Options common to every method; each method subclasses this with its own fields."""
-
-    w_ce: float = 1.0  # weight of the cross-entropy on the labels
+class Options:
+    """The options of a method (classification or detection): fields plus their checks."""
 
     def validate(self) -> None:
         """Raise ValueError naming a bad value. Subclasses extend this."""
-        self.require(self.w_ce >= 0, "w_ce", ">= 0")
 
     def require(self, ok: bool, field: str, allowed: str) -> None:
         """Raise ``ValueError("method.<field> must be <allowed>; got <value>")`` unless ``ok``."""
         if not ok:
             raise ValueError(f"method.{field} must be {allowed}; got {getattr(self, field)!r}")
+
+
+@dataclasses.dataclass
+class MethodOptions(Options):
+    """Options common to every method; each method subclasses this with its own fields."""
+
+    w_ce: float = 1.0  # weight of the cross-entropy on the labels
+
+    def validate(self) -> None:
+        self.require(self.w_ce >= 0, "w_ce", ">= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,20 +15,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ckd.methods.base import Options
 from ckd.registry import Registry
 
 
 @dataclasses.dataclass
-class DetMethodOptions:
+class DetMethodOptions(Options):
     """Options common to every detection method (none); each method subclasses this."""
-
-    def validate(self) -> None:
-        """Raise ValueError naming a bad value. Subclasses extend this."""
-
-    def require(self, ok: bool, field: str, allowed: str) -> None:
-        """Raise ``ValueError("method.<field> must be <allowed>; got <value>")`` unless ``ok``."""
-        if not ok:
-            raise ValueError(f"method.{field} must be {allowed}; got {getattr(self, field)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +100,3 @@ class DetMethod(nn.Module):
 
 
 DET_METHODS: Registry[type[DetMethod]] = Registry("detection method")
-
-
-def warmup(iteration: int, iters: int) -> float:
-    """``min((iteration + 1) / iters, 1)`` for the 0-based ``iteration``; 1 when ``iters`` is 0."""
-    return 1.0 if iters == 0 else min((iteration + 1) / iters, 1.0)

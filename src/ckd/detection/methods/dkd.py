@@ -14,9 +14,9 @@ from ckd.detection.methods.base import (
     DetBatch,
     DetMethod,
     DetMethodOptions,
-    warmup,
 )
 from ckd.losses import dkd_loss
+from ckd.methods.base import linear_warmup
 
 
 @dataclasses.dataclass
@@ -43,4 +43,4 @@ class DetDKD(DetMethod):
         o = self.options
         s, t = b.student_roi_logits, b.teacher_roi_logits
         loss = dkd_loss(s, t, b.roi_labels, o.alpha, o.beta, o.temperature)
-        return {"roi_dkd": warmup(b.iteration, o.warmup_iters) * loss}
+        return {"roi_dkd": linear_warmup(b.iteration, o.warmup_iters) * loss}

@@ -18,9 +18,9 @@ from ckd.detection.methods.base import (
     DetMethod,
     DetMethodOptions,
     DetSetup,
-    warmup,
 )
 from ckd.losses import hcl_loss
+from ckd.methods.base import linear_warmup
 from ckd.methods.reviewkd import ABF
 
 
@@ -66,4 +66,4 @@ class DetReviewKD(DetMethod):
         o = self.options
         teacher = [b.teacher_features[name] for name in self.setup.levels]
         term = hcl_loss(self.fused(b), teacher)
-        return {"fpn_reviewkd": warmup(b.iteration, o.warmup_iters) * o.w_reviewkd * term}
+        return {"fpn_reviewkd": linear_warmup(b.iteration, o.warmup_iters) * o.w_reviewkd * term}
