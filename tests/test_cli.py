@@ -39,7 +39,7 @@ def run_bad(capsys, argv):
     "sections,overrides,expected",
     [
         ({}, ["optim.lrr=0.1"], "unknown key optim.lrr; allowed: epochs, lr"),
-        ({}, ["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+        ({}, ["optim.lr=fast"], "optim.lr: expected a finite number, got 'fast'"),
         ({}, ["optim.epochs=1.5"], "optim.epochs: expected an integer"),
         ({}, ["student.name=resnet9"], "unknown model 'resnet9'; known:"),
         ({}, ["method.name=crd2"], "unknown method 'crd2'; known:"),

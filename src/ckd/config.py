@@ -10,6 +10,7 @@ merged over the base's, key by key.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 from ckd.methods import METHODS, MethodOptions
 from ckd.registry import Registry
+from ckd.safe_yaml import describe_yaml_error, load_yaml
 from ckd.schema import build, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -168,7 +170,8 @@ def resolve_config_path(name: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     raise ConfigError(
-        f"config {str(name)!r} not found: not a file, nor a shipped config (see `ckd list configs`)"
+        f"config {show(str(name))} not found: not a file, nor a shipped config "
+        "(see `ckd list configs`)"
     )
 
 
@@ -185,17 +188,31 @@ def shipped_configs(task: Literal["classification", "detection"] = "classificati
     return detection if task == "detection" else [n for n in names if n not in detection]
 
 
+#: Most ``_base_`` files a config may chain.
+MAX_BASES = 32
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, its ``_base_`` files merged under it (see :mod:`ckd.safe_yaml`
+    for what is refused)."""
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle")
+    if len(seen) >= MAX_BASES:
+        raise ConfigError(f"{path}: more than {MAX_BASES} _base_ files in a chain")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+        ) from None
+    try:
+        data = load_yaml(text, str(path))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: invalid YAML{describe_yaml_error(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -203,6 +220,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("_base_", None)
     if base is None:
         return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: _base_ must be a file name; got {show(base)}")
     return _merge(read_yaml((path.parent / base).resolve(), (*seen, path)), data)
 
 
@@ -214,18 +233,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.S)
+#: Most dotted parts of an override's key (a config nests 4 or 5 deep).
+MAX_KEY_PARTS = 16
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``),
+    with the limits of :mod:`ckd.safe_yaml`; text that is not valid YAML is taken as a string."""
     data = _merge({}, data)
     for item in overrides:
         m = _OVERRIDE.match(item)
         if not m:
-            raise ConfigError(f"bad override {item!r}; expected key.path=value")
+            raise ConfigError(f"bad override {show(item)}; expected key.path=value")
         keys, raw = m.group(1).split("."), m.group(2)
+        if len(keys) > MAX_KEY_PARTS:
+            raise ConfigError(
+                f"override {show(m.group(1))}: more than {MAX_KEY_PARTS} dotted parts"
+            )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw, f"override {m.group(1)}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = data
@@ -247,11 +273,11 @@ def method_from_dict(
         raise ConfigError(f"{where}: expected a mapping with a name, one of {methods.names()}")
     data = dict(data)
     name = data.pop("name")
-    if name not in methods:
-        raise ConfigError(f"{where}.name: unknown method {name!r}; known: {', '.join(methods)}")
+    if not isinstance(name, str) or name not in methods:
+        raise ConfigError(f"{where}.name: unknown method {show(name)}; known: {', '.join(methods)}")
     also = data.pop("also", []) if nested else []
     if not isinstance(also, list):
-        raise ConfigError(f"{where}.also: expected a list of methods, got {also!r}")
+        raise ConfigError(f"{where}.also: expected a list of methods, got {show(also)}")
     options = build(methods.get(name).Options, data, where)
     parts = [
         method_from_dict(m, f"{where}.also[{i}]", nested=False, registry=methods)
@@ -293,11 +319,49 @@ def validate_method_and_loading(method: MethodConfig, d: Any, subsets: tuple[str
         except ValueError as e:
             raise ConfigError(str(e)) from None
     for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
+        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {show(getattr(d, key))}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {show(d.num_workers)}")
     for key in subsets:
         v = getattr(d, key)
-        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
+
+
+#: Largest seed: torch and the per-epoch seeds take 63-bit integers.
+MAX_SEED = 2**63 - 1
+#: Longest path, and longest file or folder name, Linux accepts (PATH_MAX, NAME_MAX), in bytes.
+PATH_MAX, NAME_MAX = 4095, 255
+
+
+def check_path(key: str, value: str | None) -> None:
+    """A path a config names: no NUL character, at most PATH_MAX bytes, no name over NAME_MAX
+    (checked before anything touches it, so the OS never fails on it mid-run)."""
+    if value is None:
+        return
+    _require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
+    size = len(value.encode("utf-8"))
+    _require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")
+    for name in Path(value).parts:
+        size = len(name.encode("utf-8"))
+        _require(
+            size <= NAME_MAX,
+            f"{key}: the name {show(name)} has {size} bytes; at most {NAME_MAX} per file or folder",
+        )
+
+
+def validate_run(run: Any, paths: dict[str, str | None]) -> None:
+    """The checks classification and detection configs share on ``run`` and on the paths a
+    config names (``paths``: key -> value; ``run.out_dir`` is added): the seed's range, every
+    path's length, and ``run.out_dir`` a folder (or absent) whose existing parent is a folder."""
+    _require(0 <= run.seed <= MAX_SEED, f"run.seed must be in [0, 2**63 - 1]; got {show(run.seed)}")
+    for key, value in {**paths, "run.out_dir": run.out_dir}.items():
+        check_path(key, value)
+    if run.out_dir is not None:
+        out = Path(run.out_dir)
+        parent = next((p for p in (out, *out.parents) if os.path.lexists(p)), None)
+        _require(
+            parent is None or os.path.isdir(parent),
+            f"run.out_dir: {show(str(parent))} is a file, not a folder",
+        )
 
 
 def validate(cfg: Config) -> None:
@@ -306,8 +370,18 @@ def validate(cfg: Config) -> None:
     from ckd.models import MODELS
 
     d, o, r = cfg.data, cfg.optim, cfg.run
+    validate_run(
+        r,
+        {
+            "data.root": d.root,
+            "student.checkpoint": cfg.student.checkpoint,
+            "teacher.checkpoint": cfg.teacher.checkpoint if cfg.teacher else None,
+            "run.teacher_cache": r.teacher_cache,
+        },
+    )
     _require(
-        d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}"
+        d.name in DATASETS,
+        f"data.name: unknown dataset {show(d.name)}; known: {', '.join(DATASETS)}",
     )
     for role in ("student", "teacher"):
         m = getattr(cfg, role)
@@ -315,17 +389,17 @@ def validate(cfg: Config) -> None:
             continue
         _require(
             m.name in MODELS,
-            f"{role}.name: unknown model {m.name!r}; known: {', '.join(MODELS)}",
+            f"{role}.name: unknown model {show(m.name)}; known: {', '.join(MODELS)}",
         )
         if m.checkpoint is not None:
             _require(
                 Path(m.checkpoint).is_file(),
-                f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
+                f"{role}.checkpoint: file {show(m.checkpoint)} does not exist",
             )
         if m.pretrained:
             _require(
                 m.name.startswith("tv:"),
-                f"{role}.pretrained is for torchvision models (tv:<name>); got {m.name!r}",
+                f"{role}.pretrained is for torchvision models (tv:<name>); got {show(m.name)}",
             )
             _require(
                 m.checkpoint is None,
@@ -342,11 +416,12 @@ def validate(cfg: Config) -> None:
                 v = getattr(m, key)
                 _require(
                     len(v) == channels,
-                    f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; got {v}",
+                    f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; "
+                    f"got {show(v)}",
                 )
             _require(
                 all(x > 0 for x in m.input_std),
-                f"{role}.input_std must be > 0; got {m.input_std}",
+                f"{role}.input_std must be > 0; got {show(m.input_std)}",
             )
     needing = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_teacher]
     if needing:
@@ -362,17 +437,17 @@ def validate(cfg: Config) -> None:
             f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
         )
     validate_method_and_loading(cfg.method, d, ("train_subset", "test_subset"))
-    _require(o.epochs >= 1, f"optim.epochs must be >= 1; got {o.epochs}")
-    _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
-    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {o.weight_decay}")
-    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {o.gamma}")
+    _require(o.epochs >= 1, f"optim.epochs must be >= 1; got {show(o.epochs)}")
+    _require(o.lr > 0, f"optim.lr must be > 0; got {show(o.lr)}")
+    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {show(o.momentum)}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {show(o.weight_decay)}")
+    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {show(o.gamma)}")
     _require(
         0 <= o.warmup_epochs < o.epochs,
-        f"optim.warmup_epochs must be in [0, epochs={o.epochs}); got {o.warmup_epochs}",
+        f"optim.warmup_epochs must be in [0, epochs={o.epochs}); got {show(o.warmup_epochs)}",
     )
-    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
-    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {o.accum_steps}")
+    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {show(o.min_lr)}")
+    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {show(o.accum_steps)}")
     _require(
         d.batch_size % o.accum_steps == 0,
         f"data.batch_size={d.batch_size} (the global batch) must be a multiple of "
@@ -380,21 +455,21 @@ def validate(cfg: Config) -> None:
     )
     _require(
         o.lr_reference_batch is None or o.lr_reference_batch >= 1,
-        f"optim.lr_reference_batch must be >= 1 or null; got {o.lr_reference_batch}",
+        f"optim.lr_reference_batch must be >= 1 or null; got {show(o.lr_reference_batch)}",
     )
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     if o.schedule == "step":  # milestones past the last epoch are allowed (they never fire)
         _require(
             all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
-            f"optim.milestones must be increasing positive epochs; got {o.milestones}",
+            f"optim.milestones must be increasing positive epochs; got {show(o.milestones)}",
         )
     _require(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
-        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
+        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
     )
     _require(
-        d.aug_seed is None or d.aug_seed >= 0,
-        f"data.aug_seed must be >= 0 or null; got {d.aug_seed}",
+        d.aug_seed is None or 0 <= d.aug_seed <= MAX_SEED,
+        f"data.aug_seed must be in [0, 2**63 - 1] or null; got {show(d.aug_seed)}",
     )
     _require(
         d.aug_seed is None or d.loader == "fast",

@@ -23,8 +23,9 @@ from ckd.config import (
     read_yaml,
     resolve_config_path,
     validate_method_and_loading,
+    validate_run,
 )
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 from ckd.schema import build, to_dict
 
 TASK = "detection"
@@ -182,27 +183,30 @@ def _require(ok: bool, message: str) -> None:
 def _validate_model(role: str, m: DetModelConfig) -> None:
     _require(
         m.backbone in BACKBONES,
-        f"{role}.backbone: unknown backbone {m.backbone!r}; known: {', '.join(BACKBONES)}",
+        f"{role}.backbone: unknown backbone {show(m.backbone)}; known: {', '.join(BACKBONES)}",
     )
     for key in ("checkpoint", "backbone_checkpoint"):
         path = getattr(m, key)
-        _require(path is None or Path(path).is_file(), f"{role}.{key}: no file {path!r}")
+        _require(path is None or Path(path).is_file(), f"{role}.{key}: no file {show(path)}")
     _require(
         m.weights is None or m.backbone == "resnet50",
-        f"{role}.weights: torchvision has COCO weights for resnet50 only; got {m.backbone!r}",
+        f"{role}.weights: torchvision has COCO weights for resnet50 only; got {show(m.backbone)}",
     )
     for key in ("image_mean", "image_std"):
         v = getattr(m, key)
-        _require(len(v) == 3, f"{role}.{key} needs 3 values (RGB); got {v}")
-    _require(all(s > 0 for s in m.image_std), f"{role}.image_std must be > 0; got {m.image_std}")
+        _require(len(v) == 3, f"{role}.{key} needs 3 values (RGB); got {show(v)}")
+    _require(
+        all(s > 0 for s in m.image_std), f"{role}.image_std must be > 0; got {show(m.image_std)}"
+    )
     top = 5 if m.backbone.startswith("resnet") else 6
     _require(
         0 <= m.trainable_layers <= top,
-        f"{role}.trainable_layers must be in [0, {top}] for {m.backbone}; got {m.trainable_layers}",
+        f"{role}.trainable_layers must be in [0, {top}] for {m.backbone}; "
+        f"got {show(m.trainable_layers)}",
     )
-    _require(m.width_mult > 0, f"{role}.width_mult must be > 0; got {m.width_mult}")
+    _require(m.width_mult > 0, f"{role}.width_mult must be > 0; got {show(m.width_mult)}")
     for key in ("fpn_channels", "representation_size", "mask_head_channels"):
-        _require(getattr(m, key) >= 1, f"{role}.{key} must be >= 1; got {getattr(m, key)}")
+        _require(getattr(m, key) >= 1, f"{role}.{key} must be >= 1; got {show(getattr(m, key))}")
 
 
 def validate(cfg: DetConfig) -> None:
@@ -210,6 +214,17 @@ def validate(cfg: DetConfig) -> None:
     from ckd.detection.methods import DET_METHODS
 
     d, i, o, r = cfg.data, cfg.input, cfg.optim, cfg.run
+    models = {"student": cfg.student, "teacher": cfg.teacher}
+    validate_run(
+        r,
+        {"data.root": d.root}
+        | {
+            f"{role}.{key}": getattr(m, key)
+            for role, m in models.items()
+            if m is not None
+            for key in ("checkpoint", "backbone_checkpoint")
+        },
+    )
     _validate_model("student", cfg.student)
     needing = [m.name for m in cfg.method.parts() if DET_METHODS.get(m.name).needs_teacher]
     if needing:
@@ -231,33 +246,38 @@ def validate(cfg: DetConfig) -> None:
     )
     _require(
         len(i.min_size) >= 1 and all(s >= 1 for s in i.min_size),
-        f"input.min_size must be a non-empty list of sizes >= 1; got {i.min_size}",
+        f"input.min_size must be a non-empty list of sizes >= 1; got {show(i.min_size)}",
     )
-    _require(i.max_size >= max(i.min_size), f"input.max_size must be >= min_size; got {i.max_size}")
-    _require(i.test_min_size >= 1, f"input.test_min_size must be >= 1; got {i.test_min_size}")
+    _require(
+        i.max_size >= max(i.min_size), f"input.max_size must be >= min_size; got {show(i.max_size)}"
+    )
+    _require(i.test_min_size >= 1, f"input.test_min_size must be >= 1; got {show(i.test_min_size)}")
     det = cfg.detector
     _require(
         len(det.anchor_sizes) == 5 and all(a > 0 for a in det.anchor_sizes),
-        f"detector.anchor_sizes needs 5 positive sizes (one per FPN level); got {det.anchor_sizes}",
+        "detector.anchor_sizes needs 5 positive sizes (one per FPN level); "
+        f"got {show(det.anchor_sizes)}",
     )
     for key in ("rpn_batch_size_per_image", "box_batch_size_per_image", "box_detections_per_img"):
-        _require(getattr(det, key) >= 1, f"detector.{key} must be >= 1; got {getattr(det, key)}")
-    _require(o.iters >= 1, f"optim.iters must be >= 1; got {o.iters}")
-    _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
-    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {o.weight_decay}")
-    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {o.gamma}")
+        _require(
+            getattr(det, key) >= 1, f"detector.{key} must be >= 1; got {show(getattr(det, key))}"
+        )
+    _require(o.iters >= 1, f"optim.iters must be >= 1; got {show(o.iters)}")
+    _require(o.lr > 0, f"optim.lr must be > 0; got {show(o.lr)}")
+    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {show(o.momentum)}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {show(o.weight_decay)}")
+    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {show(o.gamma)}")
     _require(
         0 <= o.warmup_iters < o.iters,
-        f"optim.warmup_iters must be in [0, iters={o.iters}); got {o.warmup_iters}",
+        f"optim.warmup_iters must be in [0, iters={o.iters}); got {show(o.warmup_iters)}",
     )
     _require(
         all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
-        f"optim.milestones must be increasing positive iterations; got {o.milestones}",
+        f"optim.milestones must be increasing positive iterations; got {show(o.milestones)}",
     )
     for key in ("log_every", "eval_every", "checkpoint_every"):
-        _require(getattr(o, key) >= 1, f"optim.{key} must be >= 1; got {getattr(o, key)}")
+        _require(getattr(o, key) >= 1, f"optim.{key} must be >= 1; got {show(getattr(o, key))}")
     _require(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
-        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
+        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
     )
