@@ -20,7 +20,7 @@ class DetCKDOptions(DetMethodOptions):
     negatives: str = "cross"  # "cross" (released code) or "student" (paper text)
 
     def validate(self) -> None:
-        self.require(self.w_ckd >= 0, "w_ckd", ">= 0")
+        super().validate()
         self.require(self.temperature > 0, "temperature", "> 0")
         self.require(self.negatives in NEGATIVES, "negatives", f"one of {', '.join(NEGATIVES)}")
 

@@ -27,6 +27,7 @@ class DetDKDOptions(DetMethodOptions):
     warmup_iters: int = 1000  # the term grows linearly over this many iterations (0: off)
 
     def validate(self) -> None:
+        super().validate()
         self.require(self.alpha >= 0, "alpha", ">= 0")
         self.require(self.beta >= 0, "beta", ">= 0")
         self.require(self.temperature > 0, "temperature", "> 0")

@@ -17,7 +17,7 @@ class DetKDOptions(DetMethodOptions):
     temperature: float = 1.0
 
     def validate(self) -> None:
-        self.require(self.w_kd >= 0, "w_kd", ">= 0")
+        super().validate()
         self.require(self.temperature > 0, "temperature", "> 0")
 
 

@@ -31,7 +31,7 @@ class DetReviewKDOptions(DetMethodOptions):
     max_mid_channels: int = 256
 
     def validate(self) -> None:
-        self.require(self.w_reviewkd >= 0, "w_reviewkd", ">= 0")
+        super().validate()
         self.require(self.warmup_iters >= 0, "warmup_iters", ">= 0")
         self.require(self.max_mid_channels >= 1, "max_mid_channels", ">= 1")
 
