@@ -82,7 +82,7 @@ def test_fast_images_equal_the_standard_transforms_bit_for_bit(
     name, cifar_root, fake_fmnist, monkeypatch
 ):
     root = cifar_root if name == "cifar10" else fake_fmnist
-    dataset = build_dataset(name, str(root), train=True)
+    dataset = build_dataset(name, str(root), train=True, verify=False)
     data = memory_data(dataset)
     n = 40
     params = draw_augmentation(data.augment, len(data), seed=3, epoch=1)
@@ -94,12 +94,12 @@ def test_fast_images_equal_the_standard_transforms_bit_for_bit(
     # channels_last gives the same values; the test split (no augmentation) is exact too
     cl = augment_batch(data, torch.arange(n), params, channels_last=True)
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, fast)
-    test = build_dataset(name, str(root), train=False)
+    test = build_dataset(name, str(root), train=False, verify=False)
     assert torch.equal(augment_batch(memory_data(test), torch.tensor([0]), None)[0], test[0][0])
 
 
 def test_fast_augmentation_has_the_standard_distribution(cifar_root):
-    dataset = build_dataset("cifar10", str(cifar_root), train=True)
+    dataset = build_dataset("cifar10", str(cifar_root), train=True, verify=False)
     aug = memory_data(dataset).augment
     assert (aug.crop_padding, aug.flip_p, aug.size) == (4, 0.5, (32, 32))
     # support: RandomCrop.get_params draws offsets in 0 .. padded - size (9 values here)

@@ -127,7 +127,9 @@ def _load_for_eval(args: argparse.Namespace, path_arg: str, model_arg: str | Non
     )
     root = args.data_root if args.data_root is not None else data.get("root")
     model = build_model(model_cfg, dataset_info(data_name))
-    dataset = subset(build_dataset(data_name, root, train=False, augment=False), args.subset)
+    verify = data.get("verify", True) if data_name == data.get("name") else True
+    test_set = build_dataset(data_name, root, train=False, augment=False, verify=verify)
+    dataset = subset(test_set, args.subset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0)
     return model, model_name, data_name, loader
 

@@ -39,6 +39,11 @@ class DataConfig:
     test_subset: int | None = None
     augment: bool = True
     download: bool = False  # let torchvision download when online (never needed offline)
+    # Check the files against their published checksums (CIFAR: torchvision's md5 list). Only
+    # data generated as a stand-in (tests, `ckd bench speed`) sets it false; nothing inside a
+    # data folder can turn the check off, and CIFAR's pickles are read without running code
+    # either way (ckd.data.safe_pickle).
+    verify: bool = True
     # standard: per-image transforms in DataLoader workers. fast: the training set held once as
     # uint8 on the run's device, crop/flip/normalise applied to whole batches there, each
     # (epoch, sample)'s augmentation drawn from (aug_seed, epoch) so it can be replayed

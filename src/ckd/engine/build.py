@@ -77,9 +77,17 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Training (augmented, indexed, optionally subset) and test datasets."""
     info = dataset_info(cfg.name)
     train = build_dataset(
-        cfg.name, cfg.root, train=True, augment=cfg.augment, download=cfg.download
+        cfg.name, cfg.root, True, augment=cfg.augment, download=cfg.download, verify=cfg.verify
     )
-    test = build_dataset(cfg.name, cfg.root, train=False, augment=False, download=cfg.download)
+    test = build_dataset(
+        cfg.name, cfg.root, False, augment=False, download=cfg.download, verify=cfg.verify
+    )
+    for split, dataset, n in (("train", train, cfg.train_subset), ("test", test, cfg.test_subset)):
+        if n is not None and n > len(dataset):
+            raise ConfigError(
+                f"data.{split}_subset={n} but the {split} split of {cfg.name} holds "
+                f"{len(dataset)} images; give at most that, or null for all"
+            )
     train = subset(train, cfg.train_subset, seed=seed)
     test = subset(test, cfg.test_subset, seed=seed)
     return DataBundle(info, IndexedDataset(train), IndexedDataset(test))

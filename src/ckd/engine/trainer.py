@@ -94,6 +94,7 @@ def _group(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 _ADDED_SETTINGS = {
     "data.loader": "standard",
     "data.aug_seed": None,
+    "data.verify": True,
     "run.channels_last": "auto",
     "run.compile": False,
     "run.teacher_cache": None,
