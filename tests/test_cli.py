@@ -233,4 +233,4 @@ def test_eval_of_a_foreign_checkpoint_needs_model_and_data(capsys, tmp_path, fak
     assert "top-1" in capsys.readouterr().out
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert "cannot be read as a checkpoint" in run_bad(capsys, ["eval", str(junk)])
+    assert f"{junk}: not a readable checkpoint" in run_bad(capsys, ["eval", str(junk)])

@@ -49,7 +49,7 @@ from ckd.detection.shapes import make_shapes, shapes_present
 from ckd.engine.build import amp_dtype, pick_device
 from ckd.engine.checkpoint import (
     FORMAT,
-    load_checkpoint,
+    load_for_resume,
     rng_state,
     save_atomic,
     seed_everything,
@@ -193,7 +193,7 @@ class DetTrainer:
         self.start_iter = 0
         self.teacher_metrics: dict[str, float] | None = None
         if self.resume_from is not None:
-            self._restore(load_checkpoint(self.resume_from))
+            self._restore(load_for_resume(self.resume_from))
         self.ddp: DDP | None = None
         if self.dist.distributed:  # broadcasts rank 0's weights to every rank
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -18,7 +18,7 @@ from ckd.config import Config, DataConfig, ModelConfig
 from ckd.data import DatasetInfo, build_dataset, dataset_info, subset
 from ckd.data.fast import FastLoader, MemoryData, draw_augmentation, memory_data
 from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces, shard
-from ckd.errors import ConfigError
+from ckd.errors import CheckpointError, ConfigError
 from ckd.methods import METHODS, Distiller, Setup, Shapes
 from ckd.methods.base import network_shapes
 from ckd.models import Renormalize, create_model, is_external, load_weights
@@ -212,6 +212,8 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     if model.checkpoint is not None:
         try:
             load_weights(net, model.checkpoint)
+        except CheckpointError:
+            raise  # names the file: not a checkpoint at all
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"{model.checkpoint}: does not fit {model.name}: {e}") from None
     if model.input_mean is not None and model.input_std is not None:

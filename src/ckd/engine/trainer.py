@@ -47,7 +47,7 @@ from ckd.engine.cache import (
 )
 from ckd.engine.checkpoint import (
     FORMAT,
-    load_checkpoint,
+    load_for_resume,
     rng_state,
     save_atomic,
     seed_everything,
@@ -239,7 +239,7 @@ class Trainer:
         self.best_top1 = -1.0
         self.best_epoch = -1
         if self.resume_from is not None:
-            self._restore(load_checkpoint(self.resume_from))
+            self._restore(load_for_resume(self.resume_from))
         self.teacher_cache: TeacherCache | None = None
         if cfg.run.teacher_cache is not None:
             self.teacher_cache = self._open_teacher_cache(cfg.run.teacher_cache)
