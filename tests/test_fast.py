@@ -23,6 +23,7 @@ from ckd.engine.checkpoint import load_checkpoint
 from ckd.engine.metrics import read_metrics
 from ckd.engine.trainer import live_teacher
 from ckd.errors import ConfigError
+from ckd.integrity import block_sha256
 from ckd.methods.base import Batch, Outputs
 from ckd.models import create_model
 from tests.conftest import tiny_config
@@ -282,10 +283,17 @@ def test_a_mismatched_cache_is_refused(tmp_path, fake_fmnist, teacher_ckpt, caps
     err = capsys.readouterr().err
     assert err.startswith("ckd: error: run.teacher_cache:") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
-    # a corrupted cache fails the verification on the run's own batches
+    # a corrupted cache fails its checksum ...
     logits = np.load(cache_dir / "logits.npy", mmap_mode="r+")
     logits[0] += np.float16(0.5)
     logits.flush()
+    with pytest.raises(ConfigError, match="logits of epoch 1 do not match the checksum"):
+        Trainer(config_from_dict(cfg()), echo=quiet)
+    # ... and one wrong from the start (checksums of the wrong values) the verification on the
+    # run's own batches
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["checksums"]["blocks"]["logits"][0] = block_sha256(logits[0])
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
     del logits
     with pytest.raises(ConfigError, match="differ from the live teacher"):
         Trainer(config_from_dict(cfg()), echo=quiet)

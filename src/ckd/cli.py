@@ -287,29 +287,32 @@ def _say(msg: str) -> None:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    import shutil
-
     from ckd.config import load_config
+    from ckd.engine.cache import cache_folder_problem
 
     if args.action == "info":
         manifest = Path(args.config) / "manifest.json"
         if not manifest.is_file():
             raise ConfigError(f"{args.config} is not a teacher cache (no manifest.json)")
-        m = json.loads(manifest.read_text())
-        feats = "with features" if m.get("features") else "logits only"
-        print(
-            f"{args.config}: teacher {m['teacher']['name']} "
-            f"(sha256 {m['teacher']['checkpoint_sha256'][:12]}), {m['dataset']['name']} "
-            f"{m['dataset']['num_train']} train views x {m['epochs']} epochs, "
-            f"aug_seed {m['aug_seed']}, {feats}, built on {m['built']['device']} "
-            f"in {m['built']['seconds']} s"
-        )
+        try:
+            m = json.loads(manifest.read_text())
+            feats = "with features" if m.get("features") else "logits only"
+            line = (
+                f"{args.config}: teacher {m['teacher']['name']} "
+                f"(sha256 {m['teacher']['checkpoint_sha256'][:12]}), {m['dataset']['name']} "
+                f"{m['dataset']['num_train']} train views x {m['epochs']} epochs, "
+                f"aug_seed {m['aug_seed']}, {feats}, built on {m['built']['device']} "
+                f"in {m['built']['seconds']} s"
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{manifest}: unreadable or malformed ({e!r:.120})") from None
+        print(line)
         return 0
     import torch
 
     from ckd.data.fast import memory_data
     from ckd.engine.build import build_data, build_model, pick_device
-    from ckd.engine.cache import build_cache, cache_identity, open_cache
+    from ckd.engine.cache import build_cache, cache_identity, open_cache, remove_cache
     from ckd.engine.trainer import channels_last_enabled
 
     overrides = [*args.overrides, "data.loader=fast"]
@@ -321,6 +324,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
     if cfg.teacher is None:
         raise ConfigError(f"cache build: method {cfg.method.name!r} uses no teacher")
+    replace = args.force and os.path.lexists(folder)
+    if replace:
+        problem = cache_folder_problem(folder)
+        if problem:
+            raise ConfigError(
+                f"--force: {folder} {problem}; --force replaces only a teacher cache (or a "
+                "partial build of one), so nothing was deleted"
+            )
     device = pick_device(cfg.run.device)
     channels_last = channels_last_enabled(cfg.run.channels_last, device)
     data = build_data(cfg.data, seed=cfg.run.seed)
@@ -329,8 +340,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     identity = cache_identity(cfg, train)
-    if args.force and Path(folder).exists():
-        shutil.rmtree(folder)
+    if replace:
+        remove_cache(folder)
     cache = open_cache(folder, identity, cfg.optim.epochs)
     if cache is not None and (cache.has_features or not args.features):
         print(f"{folder}: up to date ({cache.epochs} epochs); nothing to do")
