@@ -24,6 +24,7 @@ from ckd.engine.loaders import MicroBatch, memory_batches
 from ckd.engine.metrics import read_metrics
 from ckd.engine.teacher import LiveTeacher, teacher_outputs
 from ckd.errors import ConfigError
+from ckd.integrity import block_sha256
 from ckd.methods.base import Needs
 from ckd.models import create_model
 from tests.conftest import tiny_config
@@ -88,7 +89,7 @@ def test_fast_images_equal_the_standard_transforms_bit_for_bit(
     name, cifar_root, fake_fmnist, monkeypatch
 ):
     root = cifar_root if name == "cifar10" else fake_fmnist
-    dataset = build_dataset(name, str(root), train=True)
+    dataset = build_dataset(name, str(root), train=True, verify=False)
     data = memory_data(dataset)
     n = 40
     params = draw_augmentation(data.augment, len(data), seed=3, epoch=1)
@@ -100,12 +101,12 @@ def test_fast_images_equal_the_standard_transforms_bit_for_bit(
     # channels_last gives the same values; the test split (no augmentation) is exact too
     cl = augment_batch(data, torch.arange(n), params, channels_last=True)
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, fast)
-    test = build_dataset(name, str(root), train=False)
+    test = build_dataset(name, str(root), train=False, verify=False)
     assert torch.equal(augment_batch(memory_data(test), torch.tensor([0]), None)[0], test[0][0])
 
 
 def test_fast_augmentation_has_the_standard_distribution(cifar_root):
-    dataset = build_dataset("cifar10", str(cifar_root), train=True)
+    dataset = build_dataset("cifar10", str(cifar_root), train=True, verify=False)
     aug = memory_data(dataset).augment
     assert (aug.crop_padding, aug.flip_p, aug.size) == (4, 0.5, (32, 32))
     # support: RandomCrop.get_params draws offsets in 0 .. padded - size (9 values here)
@@ -289,10 +290,17 @@ def test_a_mismatched_cache_is_refused(tmp_path, fake_fmnist, teacher_ckpt, caps
     err = capsys.readouterr().err
     assert err.startswith("ckd: error: run.teacher_cache:") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
-    # a corrupted cache fails the verification on the run's own batches
+    # a corrupted cache fails its checksum ...
     logits = np.load(cache_dir / "logits.npy", mmap_mode="r+")
     logits[0] += np.float16(0.5)
     logits.flush()
+    with pytest.raises(ConfigError, match="logits of epoch 1 do not match the checksum"):
+        Trainer(config_from_dict(cfg()), echo=quiet)
+    # ... and one wrong from the start (checksums of the wrong values) the verification on the
+    # run's own batches
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["checksums"]["blocks"]["logits"][0] = block_sha256(logits[0])
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
     del logits
     with pytest.raises(ConfigError, match="differ from the live teacher"):
         Trainer(config_from_dict(cfg()), echo=quiet)
@@ -345,7 +353,7 @@ def test_bad_speed_settings_are_one_line_config_errors(tmp_path, fake_fmnist, te
             "data": {"loader": "standard"},
             "run": {"teacher_cache": str(tmp_path / "c")},
         },
-        "data.aug_seed must be >= 0": {"data": {"aug_seed": -1}},
+        "data.aug_seed must be in": {"data": {"aug_seed": -1}},
     }
     for message, sections in cases.items():
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:

@@ -1,25 +1,34 @@
 """``ckd`` command line: parses the arguments and dispatches to the package; nothing else.
 
-Bad input (a config error, a missing file or dataset, a run folder that would be overwritten)
-prints one line ``ckd: error: ...`` on stderr and exits with code 2, having written nothing.
+Bad input (a config error, a missing, corrupt or unreadable file or dataset, a run folder that
+would be overwritten) prints one line ``ckd: error: ...`` on stderr and exits with code 2,
+having written nothing. A full disk is one line and exit code 2 as well (the file being written
+is left as it was); a closed standard output (``ckd list | head``) ends quietly with 141, as
+a process killed by SIGPIPE. ``key=value`` overrides may come before or after flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from ckd.errors import ConfigError, RunDirError
+from ckd.errors import CheckpointError, ConfigError, DataError, RunDirError, one_line
 from ckd.registry import UnknownNameError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     RunDirError,
     UnknownNameError,
+    DataError,
+    CheckpointError,
     FileNotFoundError,  # includes ckd.data.DataNotFoundError
 )
+#: OS errors of a full disk, as the one line they give.
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 
 def _say(msg: str) -> None:
@@ -318,18 +327,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="key.path=value, as for train")
     c.add_argument("--out", default=None, help="the cache folder (default: run.teacher_cache)")
     c.add_argument("--features", action="store_true", help="also the teacher's features")
-    c.add_argument("--force", action="store_true", help="replace what is in the folder")
+    c.add_argument(
+        "--force", action="store_true", help="replace the teacher cache that is in the folder"
+    )
     c.set_defaults(func=_cmd_cache)
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``key=value`` overrides may also follow flags
+    (``ckd train CFG --resume a=1``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and not any(x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except USER_ERRORS as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"ckd: error: {msg}", file=sys.stderr)
+        print(f"ckd: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader left (`ckd list | head`): stop quietly, as tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as if killed by SIGPIPE
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        where = f" (writing {e.filename})" if e.filename else ""
+        print(f"ckd: error: {DISK_FULL[e.errno]}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

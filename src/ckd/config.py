@@ -16,6 +16,7 @@ merged over the base's, key by key.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 from ckd.methods import METHODS, MethodOptions
+from ckd.safe_yaml import describe_yaml_error, load_yaml
 from ckd.schema import build, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -42,6 +44,11 @@ class DataConfig:
     test_subset: int | None = None
     augment: bool = True
     download: bool = False  # let torchvision download when online (never needed offline)
+    # Check the files against their published checksums (CIFAR: torchvision's md5 list). Only
+    # data generated as a stand-in (tests, `ckd bench speed`) sets it false; nothing inside a
+    # data folder can turn the check off, and CIFAR's pickles are read without running code
+    # either way (ckd.data.safe_pickle).
+    verify: bool = True
     # standard: per-image transforms in DataLoader workers. fast: the training set held once as
     # uint8 on the run's device, crop/flip/normalise applied to whole batches there, each
     # (epoch, sample)'s augmentation drawn from (aug_seed, epoch) so it can be replayed
@@ -181,6 +188,10 @@ class BaseConfig:
     def default_out_dir(self) -> Path:
         return Path("runs") / config_name(self.source or "run") / f"seed{self.run.seed}"
 
+    def paths(self) -> dict[str, str | None]:
+        """The paths the config names, by key (checked for length before anything runs)."""
+        return {"run.out_dir": self.run.out_dir, "run.teacher_cache": self.run.teacher_cache}
+
     def resolve(self) -> None:
         """Settle values derived from others (once, while building)."""
 
@@ -200,6 +211,14 @@ class Config(BaseConfig):
     student: ModelConfig
     teacher: ModelConfig | None = None
 
+    def paths(self) -> dict[str, str | None]:
+        models = {"student": self.student, "teacher": self.teacher}
+        return {
+            **super().paths(),
+            "data.root": self.data.root,
+            **{f"{k}.checkpoint": m.checkpoint for k, m in models.items() if m is not None},
+        }
+
     def resolve(self) -> None:
         if self.data.loader == "fast" and self.data.aug_seed is None:
             self.data.aug_seed = self.run.seed  # the augmentation's seed defaults to the run's
@@ -211,7 +230,7 @@ class Config(BaseConfig):
         d = self.data
         _require(
             d.name in DATASETS,
-            f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}",
+            f"data.name: unknown dataset {show(d.name)}; known: {', '.join(DATASETS)}",
         )
         for role in ("student", "teacher"):
             m = getattr(self, role)
@@ -219,12 +238,12 @@ class Config(BaseConfig):
                 continue
             _require(
                 m.name in MODELS,
-                f"{role}.name: unknown model {m.name!r}; known: {', '.join(MODELS)}",
+                f"{role}.name: unknown model {show(m.name)}; known: {', '.join(MODELS)}",
             )
             if m.pretrained:
                 _require(
                     m.name.startswith("tv:"),
-                    f"{role}.pretrained is for torchvision models (tv:<name>); got {m.name!r}",
+                    f"{role}.pretrained is for torchvision models (tv:<name>); got {show(m.name)}",
                 )
                 _require(
                     m.checkpoint is None,
@@ -242,18 +261,18 @@ class Config(BaseConfig):
                     _require(
                         len(v) == channels,
                         f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; "
-                        f"got {v}",
+                        f"got {show(v)}",
                     )
                 _require(
                     all(x > 0 for x in m.input_std),
-                    f"{role}.input_std must be > 0; got {m.input_std}",
+                    f"{role}.input_std must be > 0; got {show(m.input_std)}",
                 )
         for key in ("train_subset", "test_subset"):
             v = getattr(d, key)
-            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
         _require(
-            d.aug_seed is None or d.aug_seed >= 0,
-            f"data.aug_seed must be >= 0 or null; got {d.aug_seed}",
+            d.aug_seed is None or 0 <= d.aug_seed <= MAX_SEED,
+            f"data.aug_seed must be in [0, 2**63 - 1] or null; got {show(d.aug_seed)}",
         )
         _require(
             d.aug_seed is None or d.loader == "fast",
@@ -284,7 +303,7 @@ class Config(BaseConfig):
             if m is not None and m.checkpoint is not None:
                 _require(
                     Path(m.checkpoint).is_file(),
-                    f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
+                    f"{role}.checkpoint: file {show(m.checkpoint)} does not exist",
                 )
 
 
@@ -308,7 +327,8 @@ def resolve_config_path(name: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     raise ConfigError(
-        f"config {str(name)!r} not found: not a file, nor a shipped config (see `ckd list configs`)"
+        f"config {show(str(name))} not found: not a file, nor a shipped config "
+        "(see `ckd list configs`)"
     )
 
 
@@ -325,17 +345,31 @@ def shipped_configs(task: Literal["classification", "detection"] = "classificati
     return detection if task == "detection" else [n for n in names if n not in detection]
 
 
+#: Most ``_base_`` files a config may chain.
+MAX_BASES = 32
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, its ``_base_`` files merged under it (see :mod:`ckd.safe_yaml`
+    for what is refused)."""
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle")
+    if len(seen) >= MAX_BASES:
+        raise ConfigError(f"{path}: more than {MAX_BASES} _base_ files in a chain")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+        ) from None
+    try:
+        data = load_yaml(text, str(path))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: invalid YAML{describe_yaml_error(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -343,6 +377,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("_base_", None)
     if base is None:
         return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: _base_ must be a file name; got {show(base)}")
     return _merge(read_yaml((path.parent / base).resolve(), (*seen, path)), data)
 
 
@@ -354,18 +390,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.S)
+#: Most dotted parts of an override's key (a config nests 4 or 5 deep).
+MAX_KEY_PARTS = 16
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``),
+    with the limits of :mod:`ckd.safe_yaml`; text that is not valid YAML is taken as a string."""
     data = _merge({}, data)
     for item in overrides:
         m = _OVERRIDE.match(item)
         if not m:
-            raise ConfigError(f"bad override {item!r}; expected key.path=value")
+            raise ConfigError(f"bad override {show(item)}; expected key.path=value")
         keys, raw = m.group(1).split("."), m.group(2)
+        if len(keys) > MAX_KEY_PARTS:
+            raise ConfigError(
+                f"override {show(m.group(1))}: more than {MAX_KEY_PARTS} dotted parts"
+            )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw, f"override {m.group(1)}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = data
@@ -388,12 +431,13 @@ def method_from_dict(
         raise ConfigError(f"{where}: expected a mapping with a name, one of {', '.join(known)}")
     data = dict(data)
     name = data.pop("name")
-    if name not in known:
-        what = "unknown method" if name not in METHODS else f"method not available for {task}:"
-        raise ConfigError(f"{where}.name: {what} {name!r}; known: {', '.join(known)}")
+    if not isinstance(name, str) or name not in known:
+        bad = not isinstance(name, str) or name not in METHODS
+        what = "unknown method" if bad else f"method not available for {task}:"
+        raise ConfigError(f"{where}.name: {what} {show(name)}; known: {', '.join(known)}")
     also = data.pop("also", []) if nested else []
     if not isinstance(also, list):
-        raise ConfigError(f"{where}.also: expected a list of methods, got {also!r}")
+        raise ConfigError(f"{where}.also: expected a list of methods, got {show(also)}")
     options_cls = METHODS.get(name).Options
     options = build(options_cls, {**options_cls.TASK_DEFAULTS.get(task, {}), **data}, where)
     parts = [
@@ -434,7 +478,7 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
     data = dict(data)
     task = data.get("task", "classification")
     if task not in TASKS:
-        raise ConfigError(f"task: unknown task {task!r}; known: {', '.join(TASKS)}")
+        raise ConfigError(f"task: unknown task {show(task)}; known: {', '.join(TASKS)}")
     cls = TASKS.get(task).Config
     data = _merge(cls.SECTION_DEFAULTS, _migrate(data, silently=saved))
     optim = data.get("optim")
@@ -494,22 +538,23 @@ def validate(cfg: BaseConfig) -> None:
             f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
         )
     for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
+        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {show(getattr(d, key))}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {show(d.num_workers)}")
     _require(
         (o.epochs is None) != (o.iters is None),
-        f"optim: give epochs or iters (one of the two); got epochs={o.epochs}, iters={o.iters}",
+        "optim: give epochs or iters (one of the two); "
+        f"got epochs={show(o.epochs)}, iters={show(o.iters)}",
     )
     _require(
         o.length >= 1,
-        f"optim.{'epochs' if o.iters is None else 'iters'} must be >= 1; got {o.length}",
+        f"optim.{'epochs' if o.iters is None else 'iters'} must be >= 1; got {show(o.length)}",
     )
-    _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
-    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {o.weight_decay}")
-    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {o.gamma}")
-    _require(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0; got {o.warmup_epochs}")
-    _require(o.warmup_iters >= 0, f"optim.warmup_iters must be >= 0; got {o.warmup_iters}")
+    _require(o.lr > 0, f"optim.lr must be > 0; got {show(o.lr)}")
+    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {show(o.momentum)}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {show(o.weight_decay)}")
+    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {show(o.gamma)}")
+    _require(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0; got {show(o.warmup_epochs)}")
+    _require(o.warmup_iters >= 0, f"optim.warmup_iters must be >= 0; got {show(o.warmup_iters)}")
     _require(
         not (o.warmup_epochs and o.warmup_iters),
         "optim: give warmup_epochs or warmup_iters, not both",
@@ -517,15 +562,15 @@ def validate(cfg: BaseConfig) -> None:
     if o.iters is None:
         _require(
             o.warmup_epochs < o.length,
-            f"optim.warmup_epochs must be in [0, epochs={o.length}); got {o.warmup_epochs}",
+            f"optim.warmup_epochs must be in [0, epochs={o.length}); got {show(o.warmup_epochs)}",
         )
     else:
         _require(
             o.warmup_iters < o.length,
-            f"optim.warmup_iters must be in [0, iters={o.length}); got {o.warmup_iters}",
+            f"optim.warmup_iters must be in [0, iters={o.length}); got {show(o.warmup_iters)}",
         )
-    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
-    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {o.accum_steps}")
+    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {show(o.min_lr)}")
+    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {show(o.accum_steps)}")
     _require(
         d.batch_size % o.accum_steps == 0,
         f"data.batch_size={d.batch_size} (the global batch) must be a multiple of "
@@ -533,22 +578,47 @@ def validate(cfg: BaseConfig) -> None:
     )
     _require(
         o.lr_reference_batch is None or o.lr_reference_batch >= 1,
-        f"optim.lr_reference_batch must be >= 1 or null; got {o.lr_reference_batch}",
+        f"optim.lr_reference_batch must be >= 1 or null; got {show(o.lr_reference_batch)}",
     )
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
     if o.schedule == "step":  # milestones past the end are allowed (they never fire)
         _require(
             all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
-            f"optim.milestones must be increasing positive {o.unit}s; got {o.milestones}",
+            f"optim.milestones must be increasing positive {o.unit}s; got {show(o.milestones)}",
         )
     _require(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
-        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
+        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
     )
     for key in ("eval_every", "checkpoint_every", "log_every"):
         v = getattr(r, key)
-        _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {v}")
+        _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {show(v)}")
+    _require(0 <= r.seed <= MAX_SEED, f"run.seed must be in [0, 2**63 - 1]; got {show(r.seed)}")
+    for key, value in cfg.paths().items():
+        check_path(key, value)
     cfg.validate()
+
+
+#: Largest seed: torch and the per-epoch seeds take 63-bit integers.
+MAX_SEED = 2**63 - 1
+#: Longest path, and longest file or folder name, Linux accepts (PATH_MAX, NAME_MAX), in bytes.
+PATH_MAX, NAME_MAX = 4095, 255
+
+
+def check_path(key: str, value: str | None) -> None:
+    """A path a config names: no NUL character, at most PATH_MAX bytes, no name over NAME_MAX
+    (checked before anything touches it, so the OS never fails on it mid-run)."""
+    if value is None:
+        return
+    _require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
+    size = len(value.encode("utf-8"))
+    _require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")
+    for name in Path(value).parts:
+        size = len(name.encode("utf-8"))
+        _require(
+            size <= NAME_MAX,
+            f"{key}: the name {show(name)} has {size} bytes; at most {NAME_MAX} per file or folder",
+        )
 
 
 def teacher_given(teacher: Any) -> bool:
@@ -560,5 +630,14 @@ def teacher_given(teacher: Any) -> bool:
 
 
 def check_files(cfg: BaseConfig) -> None:
-    """The checks of the files a (value-checked) config names."""
+    """The checks of the files a (value-checked) config names: ``run.out_dir`` a folder (or
+    absent) whose existing parent is a folder, then the task's."""
+    out_dir = cfg.run.out_dir
+    if out_dir is not None:
+        out = Path(out_dir)
+        parent = next((p for p in (out, *out.parents) if os.path.lexists(p)), None)
+        _require(
+            parent is None or os.path.isdir(parent),
+            f"run.out_dir: {show(str(parent))} is a file, not a folder",
+        )
     cfg.check_files()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ckd.config import BaseConfig
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 
 ARCHS = ("faster_rcnn", "mask_rcnn")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
@@ -104,6 +104,19 @@ class DetConfig(BaseConfig):
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     teacher: DetModelConfig | None = None
 
+    def paths(self) -> dict[str, str | None]:
+        models = {"student": self.student, "teacher": self.teacher}
+        return {
+            **super().paths(),
+            "data.root": self.data.root,
+            **{
+                f"{role}.{key}": getattr(m, key)
+                for role, m in models.items()
+                if m is not None
+                for key in ("checkpoint", "backbone_checkpoint")
+            },
+        }
+
     def validate(self) -> None:
         d, i, r = self.data, self.input, self.run
         for role in ("student", "teacher"):
@@ -111,32 +124,36 @@ class DetConfig(BaseConfig):
                 _validate_model(role, getattr(self, role))
         for key in ("train_subset", "val_subset"):
             v = getattr(d, key)
-            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
         _require(
             not (d.name == "shapes" and d.labels == "category_id"),
             "data.labels: the shapes dataset uses contiguous labels; got 'category_id'",
         )
         _require(
             len(i.min_size) >= 1 and all(s >= 1 for s in i.min_size),
-            f"input.min_size must be a non-empty list of sizes >= 1; got {i.min_size}",
+            f"input.min_size must be a non-empty list of sizes >= 1; got {show(i.min_size)}",
         )
         _require(
-            i.max_size >= max(i.min_size), f"input.max_size must be >= min_size; got {i.max_size}"
+            i.max_size >= max(i.min_size),
+            f"input.max_size must be >= min_size; got {show(i.max_size)}",
         )
-        _require(i.test_min_size >= 1, f"input.test_min_size must be >= 1; got {i.test_min_size}")
+        _require(
+            i.test_min_size >= 1, f"input.test_min_size must be >= 1; got {show(i.test_min_size)}"
+        )
         det = self.detector
         _require(
             len(det.anchor_sizes) == 5 and all(a > 0 for a in det.anchor_sizes),
             "detector.anchor_sizes needs 5 positive sizes (one per FPN level); "
-            f"got {det.anchor_sizes}",
+            f"got {show(det.anchor_sizes)}",
         )
         for key in ("rpn_batch_size_per_image", "box_batch_size_per_image"):
             _require(
-                getattr(det, key) >= 1, f"detector.{key} must be >= 1; got {getattr(det, key)}"
+                getattr(det, key) >= 1,
+                f"detector.{key} must be >= 1; got {show(getattr(det, key))}",
             )
         _require(
             det.box_detections_per_img >= 1,
-            f"detector.box_detections_per_img must be >= 1; got {det.box_detections_per_img}",
+            f"detector.box_detections_per_img must be >= 1; got {show(det.box_detections_per_img)}",
         )
         _require(r.teacher_cache is None, "run.teacher_cache is for classification; set it to null")
         _require(
@@ -157,7 +174,9 @@ class DetConfig(BaseConfig):
                 continue
             for key in ("checkpoint", "backbone_checkpoint"):
                 path = getattr(m, key)
-                _require(path is None or Path(path).is_file(), f"{role}.{key}: no file {path!r}")
+                _require(
+                    path is None or Path(path).is_file(), f"{role}.{key}: no file {show(path)}"
+                )
 
 
 def _require(ok: bool, message: str) -> None:
@@ -168,21 +187,24 @@ def _require(ok: bool, message: str) -> None:
 def _validate_model(role: str, m: DetModelConfig) -> None:
     _require(
         m.backbone in BACKBONES,
-        f"{role}.backbone: unknown backbone {m.backbone!r}; known: {', '.join(BACKBONES)}",
+        f"{role}.backbone: unknown backbone {show(m.backbone)}; known: {', '.join(BACKBONES)}",
     )
     _require(
         m.weights is None or m.backbone == "resnet50",
-        f"{role}.weights: torchvision has COCO weights for resnet50 only; got {m.backbone!r}",
+        f"{role}.weights: torchvision has COCO weights for resnet50 only; got {show(m.backbone)}",
     )
     for key in ("image_mean", "image_std"):
         v = getattr(m, key)
-        _require(len(v) == 3, f"{role}.{key} needs 3 values (RGB); got {v}")
-    _require(all(s > 0 for s in m.image_std), f"{role}.image_std must be > 0; got {m.image_std}")
+        _require(len(v) == 3, f"{role}.{key} needs 3 values (RGB); got {show(v)}")
+    _require(
+        all(s > 0 for s in m.image_std), f"{role}.image_std must be > 0; got {show(m.image_std)}"
+    )
     top = 5 if m.backbone.startswith("resnet") else 6
     _require(
         0 <= m.trainable_layers <= top,
-        f"{role}.trainable_layers must be in [0, {top}] for {m.backbone}; got {m.trainable_layers}",
+        f"{role}.trainable_layers must be in [0, {top}] for {m.backbone}; "
+        f"got {show(m.trainable_layers)}",
     )
-    _require(m.width_mult > 0, f"{role}.width_mult must be > 0; got {m.width_mult}")
+    _require(m.width_mult > 0, f"{role}.width_mult must be > 0; got {show(m.width_mult)}")
     for key in ("fpn_channels", "representation_size", "mask_head_channels"):
-        _require(getattr(m, key) >= 1, f"{role}.{key} must be >= 1; got {getattr(m, key)}")
+        _require(getattr(m, key) >= 1, f"{role}.{key} must be >= 1; got {show(getattr(m, key))}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ckd.engine.checkpoint import FORMAT, load_checkpoint, save_atomic
+from ckd.engine.checkpoint import FORMAT, load_for_resume, save_atomic
 from ckd.errors import ConfigError, RunDirError
 from ckd.schema import flatten
 
@@ -72,7 +72,7 @@ class RunFolder:
         checkpoint of a run with the same ``config`` (a mapping of today's schema)."""
         if not self.resume:
             return None
-        ckpt = load_checkpoint(self.last)
+        ckpt = load_for_resume(self.last)
         if ckpt.get("format") != FORMAT or "config" not in ckpt:
             raise RunDirError(f"{self.last}: not a ckd training checkpoint")
         differs = config_difference(saved_config(ckpt["config"]), config)

@@ -16,7 +16,15 @@ from typing import Any
 
 import torch
 
-from ckd.engine.cache import TeacherCache, build_cache, cache_identity, open_cache, verify_cache
+from ckd.engine.cache import (
+    TeacherCache,
+    build_cache,
+    cache_folder_problem,
+    cache_identity,
+    open_cache,
+    remove_cache,
+    verify_cache,
+)
 from ckd.engine.loaders import MicroBatch
 from ckd.errors import ConfigError
 from ckd.methods.base import TeacherSource
@@ -117,7 +125,7 @@ def cache_command(
     echo: Callable[[str], None] = print,
 ) -> str:
     """``ckd cache build``: build (or find up to date) the teacher cache of a config's run."""
-    import shutil
+    import os
 
     from ckd.config import load_config
     from ckd.engine.runtime import Runtime
@@ -132,6 +140,14 @@ def cache_command(
         raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
     if getattr(cfg, "teacher", None) is None:
         raise ConfigError(f"cache build: method {cfg.method.name!r} uses no teacher")
+    replace = force and os.path.lexists(folder)
+    if replace:
+        problem = cache_folder_problem(folder)
+        if problem:
+            raise ConfigError(
+                f"--force: {folder} {problem}; --force replaces only a teacher cache (or a "
+                "partial build of one), so nothing was deleted"
+            )
     rt = Runtime.start(cfg.run, cfg.data.batch_size, cfg.optim.accum_steps)
     task = TASKS.get(cfg.task)(cfg, rt)
     rt.place(task.distiller, teacher_compiled=False)
@@ -139,8 +155,8 @@ def cache_command(
 
     total = Schedule.of(cfg.optim, task.loader.steps_per_epoch, cfg.data.batch_size).total
     epochs = cache_epochs(task, total)
-    if force and Path(folder).exists():
-        shutil.rmtree(folder)
+    if replace:
+        remove_cache(folder)
     cache = open_cache(folder, cache_identity(cfg, task.memory), epochs)
     if cache is not None and (cache.has_features or not features):
         return f"{folder}: up to date ({cache.epochs} epochs); nothing to do"

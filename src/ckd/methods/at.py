@@ -22,7 +22,6 @@ class ATOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_at >= 0, "w_at", ">= 0")
         self.require(self.p > 0, "p", "> 0")
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ckd.errors import show
 from ckd.models.features import INPUT_SUFFIX, FeatureExtractor, feature_names
 from ckd.registry import Registry
 
@@ -50,13 +51,18 @@ class MethodOptions:
     w_ce: float = 1.0
 
     def validate(self) -> None:
-        """Raise ValueError naming a bad value. Subclasses extend this."""
-        self.require(self.w_ce >= 0, "w_ce", ">= 0")
+        """Raise ValueError naming a bad value. Subclasses extend this (calling it first).
+
+        Here: every loss weight (a field named ``w_*`` or ``*_weight``) must be >= 0, which
+        the schema has already made a finite number."""
+        for f in dataclasses.fields(self):
+            if f.name.startswith("w_") or f.name.endswith("_weight"):
+                self.require(getattr(self, f.name) >= 0, f.name, ">= 0")
 
     def require(self, ok: bool, field: str, allowed: str) -> None:
         """Raise ``ValueError("method.<field> must be <allowed>; got <value>")`` unless ``ok``."""
         if not ok:
-            raise ValueError(f"method.{field} must be {allowed}; got {getattr(self, field)!r}")
+            raise ValueError(f"method.{field} must be {allowed}; got {show(getattr(self, field))}")
 
 
 @dataclasses.dataclass(frozen=True)

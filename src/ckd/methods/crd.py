@@ -49,7 +49,6 @@ class CRDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_crd >= 0, "w_crd", ">= 0")
         self.require(self.feat_dim >= 1, "feat_dim", ">= 1")
         self.require(self.nce_k >= 1, "nce_k", ">= 1")
         self.require(self.nce_t > 0, "nce_t", "> 0")

@@ -32,6 +32,8 @@ class DKDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
+        self.require(self.alpha >= 0, "alpha", ">= 0")
+        self.require(self.beta >= 0, "beta", ">= 0")
         self.require(self.temperature > 0, "temperature", "> 0")
         self.require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
         self.require(self.warmup_iters >= 0, "warmup_iters", ">= 0")

@@ -30,7 +30,6 @@ class FitNetOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_fitnet >= 0, "w_fitnet", ">= 0")
         self.require(self.hint_layer >= 0, "hint_layer", ">= 0")
 
 

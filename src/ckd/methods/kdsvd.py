@@ -25,7 +25,6 @@ class KDSVDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_kdsvd >= 0, "w_kdsvd", ">= 0")
         self.require(self.k >= 1, "k", ">= 1")
         self.require(self.vectors in KDSVD_VECTORS, "vectors", f"one of {', '.join(KDSVD_VECTORS)}")
 

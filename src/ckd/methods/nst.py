@@ -19,10 +19,6 @@ class NSTOptions(MethodOptions):
     w_ce: float = 1.0
     w_nst: float = 50.0
 
-    def validate(self) -> None:
-        super().validate()
-        self.require(self.w_nst >= 0, "w_nst", ">= 0")
-
 
 @METHODS.register("nst")
 class NST(Method):

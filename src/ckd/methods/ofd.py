@@ -50,7 +50,6 @@ class OFDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_ofd >= 0, "w_ofd", ">= 0")
         self.require(
             self.connector_kernel >= 1 and self.connector_kernel % 2 == 1,
             "connector_kernel",

@@ -21,7 +21,6 @@ class PKTOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_pkt >= 0, "w_pkt", ">= 0")
         self.require(self.eps > 0, "eps", "> 0")
 
 

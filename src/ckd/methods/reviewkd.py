@@ -69,7 +69,6 @@ class ReviewKDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_reviewkd >= 0, "w_reviewkd", ">= 0")
         self.require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
         self.require(self.warmup_iters >= 0, "warmup_iters", ">= 0")
         self.require(self.max_mid_channels >= 1, "max_mid_channels", ">= 1")

@@ -26,9 +26,6 @@ class RKDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_rkd >= 0, "w_rkd", ">= 0")
-        self.require(self.distance_weight >= 0, "distance_weight", ">= 0")
-        self.require(self.angle_weight >= 0, "angle_weight", ">= 0")
         self.require(self.eps > 0, "eps", "> 0")
 
 

@@ -18,10 +18,6 @@ class SPOptions(MethodOptions):
     w_ce: float = 1.0
     w_sp: float = 3000.0
 
-    def validate(self) -> None:
-        super().validate()
-        self.require(self.w_sp >= 0, "w_sp", ">= 0")
-
 
 @METHODS.register("sp")
 class SP(Method):

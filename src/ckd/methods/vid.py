@@ -37,7 +37,6 @@ class VIDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_vid >= 0, "w_vid", ">= 0")
         self.require(self.eps > 0, "eps", "> 0")
         self.require(self.init_pred_var > self.eps, "init_pred_var", "> eps")
 

@@ -22,7 +22,7 @@ from ckd.data.fast import memory_data
 from ckd.engine.distributed import shard
 from ckd.engine.evaluate import evaluate
 from ckd.engine.loaders import MemoryLoader, MicroBatch, StandardLoader, memory_batches
-from ckd.errors import ConfigError
+from ckd.errors import CheckpointError, ConfigError
 from ckd.methods import METHODS, Distiller, Setup, Shapes
 from ckd.methods.base import network_shapes
 from ckd.models import Renormalize, create_model, is_external, load_weights
@@ -56,6 +56,8 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     if model.checkpoint is not None:
         try:
             load_weights(net, model.checkpoint)
+        except CheckpointError:
+            raise  # names the file: not a checkpoint at all
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"{model.checkpoint}: does not fit {model.name}: {e}") from None
     if model.input_mean is not None and model.input_std is not None:
@@ -110,8 +112,14 @@ def datasets(cfg: Config) -> tuple[DatasetInfo, Any, Any]:
     """The dataset's facts and its training (augmented, subset) and test splits."""
     d = cfg.data
     info = dataset_info(d.name)
-    train = build_dataset(d.name, d.root, train=True, augment=d.augment, download=d.download)
-    test = build_dataset(d.name, d.root, train=False, augment=False, download=d.download)
+    train = build_dataset(d.name, d.root, True, d.augment, d.download, verify=d.verify)
+    test = build_dataset(d.name, d.root, False, False, d.download, verify=d.verify)
+    for split, dataset, n in (("train", train, d.train_subset), ("test", test, d.test_subset)):
+        if n is not None and n > len(dataset):
+            raise ConfigError(
+                f"data.{split}_subset={n} but the {split} split of {d.name} holds "
+                f"{len(dataset)} images; give at most that, or null for all"
+            )
     seed = cfg.run.seed
     return info, subset(train, d.train_subset, seed=seed), subset(test, d.test_subset, seed=seed)
 
