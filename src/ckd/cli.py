@@ -79,16 +79,39 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_folder(args: argparse.Namespace) -> int:
+    from ckd.data.make_folder import make_fashion_mnist_folder
+
+    root = make_fashion_mnist_folder(
+        args.out, args.train_per_class, args.val_per_class, args.seed, args.source, args.force
+    )
+    print(
+        f"wrote {root}: {10 * args.train_per_class} train / {10 * args.val_per_class} val "
+        "Fashion-MNIST images (28x28 PNG, 10 class folders); train on it with data.name=folder "
+        f"data.root={root}"
+    )
+    return 0
+
+
+def _cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from ckd.models.pretrained import WeightsLocation
+
+    for name in args.models:
+        print(f"{name}: {WeightsLocation(name).fetch()}")
+    return 0
+
+
 def _load_for_eval(args: argparse.Namespace, path_arg: str, model_arg: str | None = None):
     """(model, dataset name, data root, test loader) for a checkpoint: what its saved config
     says (model, input normalisation, dataset), or ``--model``/``--data`` for a foreign one."""
     import torch
 
-    from ckd.config import ModelConfig
-    from ckd.data import build_dataset, dataset_info, subset
+    from ckd.config import DataConfig, ModelConfig
+    from ckd.data import resolve_dataset, subset
     from ckd.engine.build import build_model
     from ckd.engine.checkpoint import load_checkpoint
     from ckd.models import MODELS
+    from ckd.schema import build
 
     path = Path(path_arg)
     if not path.is_file():
@@ -117,8 +140,17 @@ def _load_for_eval(args: argparse.Namespace, path_arg: str, model_arg: str | Non
         input_std=student.get("input_std") if same else None,
     )
     root = args.data_root if args.data_root is not None else data.get("root")
-    model = build_model(model_cfg, dataset_info(data_name))
-    dataset = subset(build_dataset(data_name, root, train=False, augment=False), args.subset)
+    # the run's own data settings (a folder's image size, channels, split), for its dataset
+    own = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__}
+    spec = resolve_dataset(
+        build(
+            DataConfig,
+            {**(own if data_name == data.get("name") else {}), "name": data_name, "root": root},
+            "data",
+        )
+    )
+    model = build_model(model_cfg, spec.info)
+    dataset = subset(spec.build(root, False, False, False), args.subset)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0)
     return model, model_name, data_name, loader
 
@@ -462,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--max-shapes", type=int, default=3, help="most shapes per image")
     ms.add_argument("--seed", type=int, default=0)
     ms.set_defaults(func=_cmd_make_shapes)
+
+    mf = sub.add_parser(
+        "make-folder",
+        help="write an image-folder dataset (ROOT/{train,val}/<class>/*.png) from Fashion-MNIST",
+    )
+    mf.add_argument("--out", default="data/fmnist_folder", help="dataset folder to write")
+    mf.add_argument("--train-per-class", type=int, default=600, help="training images per class")
+    mf.add_argument("--val-per-class", type=int, default=100, help="val images per class")
+    mf.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    mf.add_argument("--source", default=None, help="folder of the Fashion-MNIST IDX files")
+    mf.add_argument("--force", action="store_true", help="replace an existing --out")
+    mf.set_defaults(func=_cmd_make_folder)
+
+    fw = sub.add_parser(
+        "fetch-weights",
+        help="download the published weights of tv:/timm: models into the local caches",
+    )
+    fw.add_argument("models", nargs="+", help="e.g. tv:resnet18 timm:deit_tiny_patch16_224")
+    fw.set_defaults(func=_cmd_fetch_weights)
 
     c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
     c.add_argument("action", choices=["build", "info"])

@@ -43,6 +43,12 @@ class DataConfig:
     # (ckd.data.fast); needed by run.teacher_cache.
     loader: Literal["standard", "fast"] = "standard"
     aug_seed: int | None = None  # fast loader: seed of the augmentation draws (null: run.seed)
+    # name=folder only (your own images, ckd.data.folder; null: the defaults said there):
+    image_size: int | None = None  # side of the square model input (<= 64: CIFAR-style crops)
+    channels: int | None = None  # 1 (greyscale) or 3 (RGB)
+    val_fraction: float | None = None  # no ROOT/val: hold out this fraction of each class
+    mean: list[float] | None = None  # per-channel normalisation (null: ImageNet's)
+    std: list[float] | None = None
 
 
 @dataclass
@@ -54,8 +60,9 @@ class ModelConfig:
     # neither; null: the dataset's normalisation.
     input_mean: list[float] | None = None
     input_std: list[float] | None = None
-    # tv:<name> only: torchvision's published ImageNet weights, downloaded (online) into
-    # torch's cache. Offline, download the .pth elsewhere and give it as checkpoint instead.
+    # tv:<name> / timm:<name>: the published (ImageNet) weights, read from the local cache
+    # (torch hub's, Hugging Face's; ckd.models.pretrained), never downloaded by a run
+    # (`ckd fetch-weights NAME` does that). Another class count gets a new head.
     pretrained: bool = False
 
 
@@ -300,6 +307,61 @@ def validate_method_and_loading(method: MethodConfig, d: Any, subsets: tuple[str
         _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
 
 
+FOLDER_KEYS = ("image_size", "channels", "val_fraction", "mean", "std")
+"""The data keys of a configurable dataset (``folder``); null for the others."""
+
+
+def validate_folder_options(d: DataConfig) -> int | None:
+    """Check the folder keys of the data section; return the number of input channels when it
+    is known without reading the data (a fixed dataset's, or ``data.channels``)."""
+    from ckd.data import DATASETS
+
+    spec = DATASETS.get(d.name)
+    if spec.info is not None:
+        for key in FOLDER_KEYS:
+            _require(
+                getattr(d, key) is None,
+                f"data.{key} is for data.name=folder (your own images); {d.name} has "
+                f"{spec.info.in_channels}x{spec.info.image_size}x{spec.info.image_size} images "
+                "and its own split and normalisation: remove it",
+            )
+        return spec.info.in_channels
+    _require(
+        d.root is not None,
+        f"data.root: data.name={d.name} needs the folder of your images "
+        "(ROOT/train/<class>/..., ROOT/val/<class>/...)",
+    )
+    _require(
+        d.image_size is None or d.image_size >= 8,
+        f"data.image_size must be >= 8 or null; got {d.image_size}",
+    )
+    _require(
+        d.channels in (None, 1, 3) and not isinstance(d.channels, bool),
+        f"data.channels must be 1 (greyscale), 3 (RGB) or null (from the images); got {d.channels}",
+    )
+    _require(
+        d.val_fraction is None or 0 < d.val_fraction < 1,
+        f"data.val_fraction must be in (0, 1) or null; got {d.val_fraction}",
+    )
+    _require(
+        (d.mean is None) == (d.std is None),
+        f"data.mean and data.std go together; got only {'mean' if d.std is None else 'std'}",
+    )
+    if d.mean is not None and d.std is not None:
+        _require(
+            len(d.mean) == len(d.std) and len(d.mean) in (1, 3),
+            f"data.mean and data.std need 1 or 3 values each, as many as channels; got "
+            f"{d.mean} and {d.std}",
+        )
+        _require(
+            d.channels is None or len(d.mean) == d.channels,
+            f"data.mean needs {d.channels} value(s) for data.channels={d.channels}; got {d.mean}",
+        )
+        _require(all(x > 0 for x in d.std), f"data.std must be > 0; got {d.std}")
+        return len(d.mean)
+    return d.channels
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks beyond types: names, files and ranges."""
     from ckd.data import DATASETS
@@ -309,6 +371,7 @@ def validate(cfg: Config) -> None:
     _require(
         d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}"
     )
+    channels = validate_folder_options(d)
     for role in ("student", "teacher"):
         m = getattr(cfg, role)
         if m is None:
@@ -324,8 +387,9 @@ def validate(cfg: Config) -> None:
             )
         if m.pretrained:
             _require(
-                m.name.startswith("tv:"),
-                f"{role}.pretrained is for torchvision models (tv:<name>); got {m.name!r}",
+                m.name.startswith(("tv:", "timm:")),
+                f"{role}.pretrained is for torchvision and timm models (tv:<name>, "
+                f"timm:<name>); got {m.name!r}",
             )
             _require(
                 m.checkpoint is None,
@@ -337,11 +401,10 @@ def validate(cfg: Config) -> None:
             f"{'input_mean' if m.input_std is None else 'input_std'}",
         )
         if m.input_mean is not None and m.input_std is not None:
-            channels = DATASETS.get(d.name).info.in_channels
             for key in ("input_mean", "input_std"):
                 v = getattr(m, key)
                 _require(
-                    len(v) == channels,
+                    channels is None or len(v) == channels,
                     f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; got {v}",
                 )
             _require(

@@ -15,13 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ckd.config import Config, DataConfig, ModelConfig
-from ckd.data import DatasetInfo, build_dataset, dataset_info, subset
+from ckd.data import DatasetInfo, resolve_dataset, subset
 from ckd.data.fast import FastLoader, MemoryData, draw_augmentation, memory_data
 from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces, shard
 from ckd.errors import ConfigError
 from ckd.methods import METHODS, Distiller, Setup, Shapes
 from ckd.methods.base import network_shapes
 from ckd.models import Renormalize, create_model, is_external, load_weights
+from ckd.models.pretrained import create_pretrained
 
 
 def pick_device(name: str) -> torch.device:
@@ -75,11 +76,11 @@ class DataBundle:
 
 def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Training (augmented, indexed, optionally subset) and test datasets."""
-    info = dataset_info(cfg.name)
-    train = build_dataset(
-        cfg.name, cfg.root, train=True, augment=cfg.augment, download=cfg.download
-    )
-    test = build_dataset(cfg.name, cfg.root, train=False, augment=False, download=cfg.download)
+    spec = resolve_dataset(cfg)  # a folder dataset reads its classes, channels, size here
+    assert spec.info is not None
+    train = spec.build(cfg.root, True, cfg.augment, cfg.download)
+    test = spec.build(cfg.root, False, False, cfg.download)
+    info = spec.info
     train = subset(train, cfg.train_subset, seed=seed)
     test = subset(test, cfg.test_subset, seed=seed)
     return DataBundle(info, IndexedDataset(train), IndexedDataset(test))
@@ -182,11 +183,12 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     when given. With ``model.input_mean`` / ``input_std`` the network is wrapped in
     :class:`~ckd.models.Renormalize` (after loading, and with the same state-dict keys), so it
     sees the dataset's images normalised its own way."""
-    if model.pretrained:
-        net = _torchvision_pretrained(model.name, info)
+    size = info.image_size
+    if model.pretrained:  # the published weights, from the local cache; a new head if needed
+        net = create_pretrained(model.name, info.num_classes, info.in_channels, size)
     else:
-        net = create_model(model.name, num_classes=info.num_classes, in_channels=info.in_channels)
-    if is_external(model.name):  # a foreign model may not run on small images: say so now
+        net = create_model(model.name, info.num_classes, info.in_channels, size)
+    if is_external(model.name) or size != 32:  # it may not run on these images: say so now
         blank = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
         modes = {m: m.training for m in net.modules()}
         try:
@@ -214,25 +216,6 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     return net
 
 
-def _torchvision_pretrained(name: str, info: DatasetInfo) -> nn.Module:
-    """``tv:<arch>`` with torchvision's default published weights (a download when online)."""
-    import torchvision.models as tvm
-
-    arch = name.split(":", 1)[1]
-    if info.num_classes != 1000 or info.in_channels != 3:
-        raise ConfigError(
-            f"{name}: pretrained weights are for 1000 ImageNet classes on RGB images; "
-            f"{info.name} has {info.num_classes} classes, {info.in_channels} channel(s)"
-        )
-    try:
-        return tvm.get_model(arch, weights="DEFAULT")
-    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
-        raise ConfigError(
-            f"{name}: could not get torchvision's pretrained weights ({str(e)[:120]}); offline, "
-            "download the .pth elsewhere and give it as checkpoint"
-        ) from None
-
-
 def build_distiller(cfg: Config, info: DatasetInfo, num_train: int) -> Distiller:
     """The configured method(s) around a fresh student and the (frozen) teacher.
 
@@ -249,6 +232,30 @@ def build_distiller(cfg: Config, info: DatasetInfo, num_train: int) -> Distiller
         shapes["student"] = network_shapes(student, info.num_classes, blank)
         if teacher is not None:
             shapes["teacher"] = network_shapes(teacher, info.num_classes, blank)
+        check_stage_maps(cfg, shapes)
     setup = Setup(info.num_classes, num_train, **shapes)
     methods = [cls(p.options, setup) for cls, p in zip(classes, parts, strict=True)]
     return Distiller(student, teacher, methods)
+
+
+def check_stage_maps(cfg: Config, shapes: dict[str, Shapes | None]) -> None:
+    """Refuse a method that reads convolutional stage maps on a network that has fewer than two
+    (a vision transformer: its only ``[B, C, H, W]`` map is the patch embedding; its blocks give
+    token sequences)."""
+    readers = [
+        p.name
+        for p in cfg.method.parts()
+        if METHODS.get(p.name).needs_features and not METHODS.get(p.name).embedding_only
+    ]
+    if not readers:
+        return
+    for role in ("student", "teacher"):
+        found, model = shapes[role], getattr(cfg, role)
+        if found is not None and model is not None and len(found.feats) < 2:
+            logit = [n for n, c in METHODS.items() if not c.needs_features and c.needs_teacher]
+            embed = [n for n, c in METHODS.items() if c.needs_features and c.embedding_only]
+            raise ConfigError(
+                f"{role} {model.name} has no convolutional stage maps (a vision transformer's "
+                f"blocks give token sequences), which method {readers[0]!r} reads; use a logit "
+                f"method ({', '.join(logit)}) or one reading the embedding ({', '.join(embed)})"
+            )

@@ -103,6 +103,11 @@ _ADDED_SETTINGS = {
     "run.sync_bn": False,
     "student.pretrained": False,
     "teacher.pretrained": False,
+    "data.image_size": None,
+    "data.channels": None,
+    "data.val_fraction": None,
+    "data.mean": None,
+    "data.std": None,
 }
 #: Batches of the run's own first epoch that are recomputed to verify a teacher cache.
 CACHE_VERIFY_BATCHES = 2
@@ -475,6 +480,7 @@ class Trainer:
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
             "config": self.cfg.to_dict(),
+            "dataset": dataclasses.asdict(self.data.info),  # classes, channels, size, mean/std
             "rng": rng_state(),
         }
 

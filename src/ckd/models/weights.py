@@ -1,9 +1,10 @@
 """Parameter counting and checkpoint loading (ours and the RepDistiller / mdistiller teachers).
 
-Accepted sources: a path (loaded with ``torch.load(..., weights_only=True)``), or an
-in-memory mapping. The mapping may be a raw state dict, ``{"model": sd, ...}`` (reference
-teachers and our own checkpoints) or ``{"state_dict": sd, ...}``; a leading ``"module."``
-(DataParallel / DDP) prefix on the keys is stripped.
+Accepted sources: a path (a ``.safetensors`` file, read with safetensors; any other file with
+``torch.load(..., weights_only=True)``), or an in-memory mapping. The mapping may be a raw
+state dict, ``{"model": sd, ...}`` (reference teachers and our own checkpoints) or
+``{"state_dict": sd, ...}``; a leading ``"module."`` (DataParallel / DDP) prefix on the keys is
+stripped.
 
 mdistiller's ``cifar_teachers.tar`` is a plain tar archive: extract it and pass one of its
 ``<name>_vanilla/ckpt_epoch_240.pth`` files (a ``{"model": state_dict, ...}`` dict).
@@ -40,10 +41,35 @@ def _numpy_scalar_globals() -> list[Any]:
     return [scalar, np.dtype, *dtypes]
 
 
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (a flat state dict; no code is run to read it).
+
+    Raises:
+        ValueError: safetensors is not installed, or the file is not a safetensors file.
+    """
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)"
+        ) from None
+    try:
+        return load_file(os.fspath(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(f"{path}: not a readable safetensors file: {reason}") from None
+
+
 def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(source, Mapping):
         return source
     path = os.fspath(source)
+    if path.endswith(SAFETENSORS_SUFFIX):
+        return read_safetensors(path)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
