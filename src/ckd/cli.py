@@ -101,6 +101,28 @@ def _cmd_fetch_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ckd.export import ExportCheckError, export
+
+    try:
+        out, meta = export(args.source, args.format, args.out, args.force)
+    except ExportCheckError as e:
+        print(f"ckd: error: {e}", file=sys.stderr)
+        return 1
+    i, c = meta["input"], meta["check"]
+    shape = "x".join(map(str, i["shape"]))
+    print(
+        f"wrote {out} and {out.name}.json: {meta['model']} (epoch {meta['epoch']}), input "
+        f"float32 {shape} ({i['layout']}), normalised with mean {i['normalize']['mean']} std "
+        f"{i['normalize']['std']}, output logits Nx{meta['output']['shape'][1]}"
+    )
+    print(
+        f"checked with {c['checked_with']} against PyTorch on {c['batch'][0]} inputs: max "
+        f"|difference| {c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g})"
+    )
+    return 0
+
+
 def _load_for_eval(args: argparse.Namespace, path_arg: str, model_arg: str | None = None):
     """(model, dataset name, data root, test loader) for a checkpoint: what its saved config
     says (model, input normalisation, dataset), or ``--model``/``--data`` for a foreign one."""
@@ -513,6 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fw.add_argument("models", nargs="+", help="e.g. tv:resnet18 timm:deit_tiny_patch16_224")
     fw.set_defaults(func=_cmd_fetch_weights)
+
+    ex = sub.add_parser(
+        "export", help="write a run's student as ONNX, TorchScript or safetensors, checked"
+    )
+    ex.add_argument("source", help="a run folder (its last.pt) or a checkpoint of a run")
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    ex.add_argument(
+        "--out", default=None, help="output file (default: the checkpoint's, e.g. last.onnx)"
+    )
+    ex.add_argument("--force", action="store_true", help="replace existing output files")
+    ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
     c.add_argument("action", choices=["build", "info"])
