@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ckd.data import DatasetInfo
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, one_line
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
 ONNX_OPSET = 17
@@ -68,11 +68,6 @@ class Student:
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, self.info.in_channels, self.info.image_size, self.info.image_size)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:200] if text else type(e).__name__
 
 
 def find_checkpoint(source: str | Path) -> Path:
@@ -123,7 +118,7 @@ def load_student(source: str | Path) -> Student:
     try:
         ckpt = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - not a checkpoint, or weights_only refuses it
-        raise ConfigError(f"{path}: cannot be read as a checkpoint: {_one_line(e)}") from None
+        raise ConfigError(f"{path}: cannot be read as a checkpoint: {one_line(e)}") from None
     student = (ckpt.get("config") or {}).get("student")
     if not isinstance(student, dict) or "model" not in ckpt:
         raise ConfigError(
@@ -137,7 +132,7 @@ def load_student(source: str | Path) -> Student:
     try:
         load_weights(model, {"model": ckpt["model"]})
     except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"{path}: does not fit {student['name']}: {_one_line(e)}") from None
+        raise ConfigError(f"{path}: does not fit {student['name']}: {one_line(e)}") from None
     return Student(model.eval(), student["name"], info, path, ckpt.get("epoch"), mean, std)
 
 
@@ -337,7 +332,7 @@ def export(
             exported = WRITERS[fmt](student, tmp)
         except (RuntimeError, ValueError, TypeError) as e:
             raise ConfigError(
-                f"{student.name}: cannot be exported as {fmt}: {_one_line(e)}"
+                f"{student.name}: cannot be exported as {fmt}: {one_line(e)}"
             ) from None
         check = compare(student.model, exported, student.input_shape(CHECK_BATCH))
         check["checked_with"] = CHECKED_WITH[fmt]

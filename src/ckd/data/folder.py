@@ -50,7 +50,7 @@ from torchvision import transforms as T
 from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetSpec
 from ckd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 from ckd.data.transforms import cifar_transform
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, one_line
 
 NAME = "folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -80,6 +80,15 @@ class ImageReadError(ConfigError):
         return text
 
 
+#: What PIL raises for a file it cannot decode (a missing, truncated, or non-image file).
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def unreadable(path: str | Path, error: BaseException) -> ImageReadError:
+    """The one-line error for an image PIL could not decode."""
+    return ImageReadError(f"{NAME}: cannot read image {path}: {one_line(error, 300)}")
+
+
 def read_image(path: str | Path, mode: str) -> Image.Image:
     """The image at ``path`` converted to PIL ``mode`` (``L`` or ``RGB``), fully decoded.
 
@@ -89,9 +98,8 @@ def read_image(path: str | Path, mode: str) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert(mode)  # convert() loads the pixels: a truncated file fails here
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise ImageReadError(f"{NAME}: cannot read image {path}: {reason}") from None
+    except UNREADABLE as e:
+        raise unreadable(path, e) from None
 
 
 def _is_image(name: str) -> bool:
@@ -247,9 +255,8 @@ def _channels(paths: Sequence[str], targets: Sequence[int]) -> int:
             with Image.open(path) as img:
                 if img.mode not in _GREY_MODES:
                     return 3
-        except (OSError, ValueError, SyntaxError) as e:
-            reason = " ".join(str(e).split()) or type(e).__name__
-            raise ImageReadError(f"{NAME}: cannot read image {path}: {reason}") from None
+        except UNREADABLE as e:
+            raise unreadable(path, e) from None
     return 1
 
 
@@ -257,9 +264,8 @@ def _default_size(path: str) -> int:
     try:
         with Image.open(path) as img:
             short = min(img.size)
-    except (OSError, ValueError, SyntaxError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise ImageReadError(f"{NAME}: cannot read image {path}: {reason}") from None
+    except UNREADABLE as e:
+        raise unreadable(path, e) from None
     return 224 if short > SMALL_MAX else 32
 
 

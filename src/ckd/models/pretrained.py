@@ -47,7 +47,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, one_line
 from ckd.models.external import (
     _NO_AUX,
     TIMM_INSTALL,
@@ -210,8 +210,9 @@ class WeightsLocation:
                 )
                 return target
         except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
-            reason = " ".join(str(e).split())[:200] or type(e).__name__
-            raise ConfigError(f"{self.name}: could not download the weights: {reason}") from None
+            raise ConfigError(
+                f"{self.name}: could not download the weights: {one_line(e)}"
+            ) from None
 
     def _fetch_hf(self) -> Path:
         from huggingface_hub import hf_hub_download
@@ -256,8 +257,7 @@ def _torchvision_pretrained(arch: str, path: Path, num_classes: int, in_channels
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a broken or foreign file: one line
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ConfigError(f"tv:{arch}: cannot read {path}: {reason}") from None
+        raise ConfigError(f"tv:{arch}: cannot read {path}: {one_line(e)}") from None
     kwargs = {"aux_logits": False} if arch in _NO_AUX else {}
     # torchvision's builder loads the weights (with each model's own fix-ups); it gets our
     # weights_only read of the cached file instead of torch hub's unrestricted one
@@ -265,8 +265,7 @@ def _torchvision_pretrained(arch: str, path: Path, num_classes: int, in_channels
         try:
             model = tvm.get_model(arch, weights=weights, **kwargs)
         except RuntimeError as e:
-            reason = " ".join(str(e).split())[:200]
-            raise ConfigError(f"tv:{arch}: {path} does not fit the model: {reason}") from None
+            raise ConfigError(f"tv:{arch}: {path} does not fit the model: {one_line(e)}") from None
     old_classes = len(weights.meta["categories"])
     if num_classes != old_classes:
         _replace_head(model, old_classes, num_classes)
@@ -300,5 +299,4 @@ def create_pretrained(
             in_chans=in_channels,
         )
     except (RuntimeError, ValueError, OSError) as e:
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ConfigError(f"{name}: cannot load {path}: {reason}") from None
+        raise ConfigError(f"{name}: cannot load {path}: {one_line(e)}") from None

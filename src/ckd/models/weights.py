@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ckd.errors import one_line
+
 _WRAPPER_KEYS = ("model", "state_dict")
 _PREFIX = "module."
 _SHOW = 3  # keys named per kind of mismatch
@@ -60,8 +62,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     try:
         return load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError) as e:
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ValueError(f"{path}: not a readable safetensors file: {reason}") from None
+        raise ValueError(f"{path}: not a readable safetensors file: {one_line(e)}") from None
 
 
 def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
