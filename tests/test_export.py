@@ -91,6 +91,7 @@ def test_export_round_trips_a_zoo_student(cnn_run, fmt, capsys, tmp_path):
     assert f"wrote {out} and student.{fmt}.json: resnet8 (epoch 1)" in printed
     assert "input float32 Nx1x32x32" in printed and "max |difference|" in printed
     meta = json.loads((tmp_path / f"student.{fmt}.json").read_text())
+    assert meta["input"]["model_normalisation"] is None
     check = meta["check"]
     assert check["ok"] and check["max_abs_diff"] <= check["tolerance"]
     assert check["batch"] == [3, 1, 32, 32]
@@ -130,10 +131,13 @@ def test_the_students_own_normalisation_travels_with_it(renorm_run, capsys, tmp_
     pytest.importorskip("onnxruntime")
     assert run_export(renorm_run, "onnx", "--out", str(tmp_path / "s.onnx")) == 0
     meta = json.loads((tmp_path / "s.onnx.json").read_text())
-    assert meta["input"]["model_normalisation_inside"] == {"mean": [0.3], "std": [0.2]}
+    own = meta["input"]["model_normalisation"]
+    assert (own["mean"], own["std"]) == ([0.3], [0.2]) and own["applied"].startswith("inside")
     assert meta["input"]["normalize"]["mean"] == [0.449]  # what the input is normalised with
     # the safetensors file holds the bare network; with the run's input_mean/std it is the same
     assert run_export(renorm_run, "safetensors", "--out", str(tmp_path / "s.safetensors")) == 0
+    own = json.loads((tmp_path / "s.safetensors.json").read_text())["input"]["model_normalisation"]
+    assert own["applied"].startswith("not in the file")
     student = load_student(renorm_run)
     rebuilt = build_model(
         ModelConfig("resnet8", str(tmp_path / "s.safetensors"), [0.3], [0.2]), student.info

@@ -179,11 +179,7 @@ def describe(student: Student, fmt: str, out: Path, check: dict[str, Any]) -> di
             "pixels": "uint8 / 255, in [0, 1]",
             "normalize": {"mean": list(info.mean), "std": list(info.std)},
             "formula": "input = (pixels - mean) / std, per channel",
-            "model_normalisation_inside": (
-                {"mean": student.input_mean, "std": student.input_std}
-                if student.input_mean is not None and fmt != "safetensors"
-                else None
-            ),
+            "model_normalisation": _own_normalisation(student, fmt),
         },
         "output": {
             "name": "logits",
@@ -193,6 +189,19 @@ def describe(student: Student, fmt: str, out: Path, check: dict[str, Any]) -> di
         },
         "check": check,
     }
+
+
+def _own_normalisation(student: Student, fmt: str) -> dict[str, Any] | None:
+    """The student's own input normalisation (``input_mean`` / ``input_std``), if it has one:
+    inside the exported model, or for the safetensors weights to be rebuilt with."""
+    if student.input_mean is None:
+        return None
+    where = (
+        "not in the file (bare network weights): build the model with input_mean/input_std"
+        if fmt == "safetensors"
+        else "inside the exported model, which re-normalises its input to these"
+    )
+    return {"mean": student.input_mean, "std": student.input_std, "applied": where}
 
 
 @contextlib.contextmanager
