@@ -255,7 +255,8 @@ def check_stage_maps(cfg: Config, shapes: dict[str, Shapes | None]) -> None:
             logit = [n for n, c in METHODS.items() if not c.needs_features and c.needs_teacher]
             embed = [n for n, c in METHODS.items() if c.needs_features and c.embedding_only]
             raise ConfigError(
-                f"{role} {model.name} has no convolutional stage maps (a vision transformer's "
-                f"blocks give token sequences), which method {readers[0]!r} reads; use a logit "
-                f"method ({', '.join(logit)}) or one reading the embedding ({', '.join(embed)})"
+                f"{role} {model.name} has no convolutional stage maps (e.g. a vision "
+                f"transformer: its blocks give token sequences), which method {readers[0]!r} "
+                f"reads; use a logit method ({', '.join(logit)}) or one reading the embedding "
+                f"({', '.join(embed)})"
             )
