@@ -38,7 +38,7 @@ def run_bad(capsys, argv):
 @pytest.mark.parametrize(
     "sections,overrides,expected",
     [
-        ({}, ["optim.lrr=0.1"], "unknown key optim.lrr; allowed: epochs, lr"),
+        ({}, ["optim.lrr=0.1"], "unknown key optim.lrr; allowed: epochs, iters, lr"),
         ({}, ["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         ({}, ["optim.epochs=1.5"], "optim.epochs: expected an integer"),
         ({}, ["student.name=resnet9"], "unknown model 'resnet9'; known:"),

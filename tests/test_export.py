@@ -15,9 +15,9 @@ import ckd.export as export_module
 from ckd.cli import main
 from ckd.config import ModelConfig
 from ckd.data import make_fake_image_folder
-from ckd.engine.build import build_model
 from ckd.export import TOLERANCE, load_student
 from ckd.models import create_model
+from ckd.tasks.classification import build_model
 
 COMMON = [
     "optim.epochs=1",

@@ -21,9 +21,9 @@ from ckd.data import DataNotFoundError, ImageReadError, make_fake_image_folder, 
 from ckd.data.fast import augment_batch, draw_augmentation, memory_data
 from ckd.data.folder import SMALL_MAX, SPLIT_SEED, stratified_holdout
 from ckd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
-from ckd.engine.build import build_data, build_model
 from ckd.engine.checkpoint import load_checkpoint
 from ckd.errors import ConfigError
+from ckd.tasks.classification import build_model
 
 
 def folder(root: Path, **kw) -> DataConfig:
@@ -219,47 +219,50 @@ def test_corrupt_image_in_a_dataloader_worker_is_still_one_line(tmp_path, capsys
     assert str(bad) in err
 
 
+def splits(cfg: DataConfig) -> tuple:
+    """The training (augmented) and test splits of a folder data config."""
+    spec = resolve_dataset(cfg)
+    return spec.build(None, True, True, False), spec.build(None, False, False, False)
+
+
 def test_fast_path_holds_the_same_images_as_the_standard_one(tmp_path):
     root = make_fake_image_folder(tmp_path, per_class=4, val_per_class=2, size=(27, 23))
-    cfg = folder(root, image_size=24)
-    data = build_data(cfg)
-    for split in (data.train, data.test):
+    train_split, test_split = splits(folder(root, image_size=24))
+    for split in (train_split, test_split):
         mem = memory_data(split, "cpu", "folder")
         assert mem.images.shape == (len(split), 3, 24, 24)
         unaugmented = augment_batch(mem, torch.arange(len(split)), None)
-        base = split.dataset
         for i in range(len(split)):
             # the prepared image, converted and normalised as the standard test transform does
-            want = T.Compose(base.transform.transforms[-2:])(base.prepared(i))
+            want = T.Compose(split.transform.transforms[-2:])(split.prepared(i))
             assert torch.equal(unaugmented[i], want)
-    train = memory_data(data.train, "cpu", "folder")
+    train = memory_data(train_split, "cpu", "folder")
     a = train.augment
     assert (a.crop, a.crop_padding, a.size, a.flip_p) == (True, 3, (24, 24), 0.5)
     # with a crop of the padded image and a flip, an image equals the standard transform's
     params = draw_augmentation(a, len(train), seed=1, epoch=0)
     fast = augment_batch(train, torch.arange(len(train)), params)
-    base = data.train.dataset
     for i in range(len(train)):
-        img = T.functional.pad(base.prepared(i), 3, fill=0)
+        img = T.functional.pad(train_split.prepared(i), 3, fill=0)
         img = T.functional.crop(img, int(params.dy[i]), int(params.dx[i]), 24, 24)
         if params.flip[i]:
             img = T.functional.hflip(img)
-        want = T.Compose(base.transform.transforms[-2:])(img)
+        want = T.Compose(train_split.transform.transforms[-2:])(img)
         assert torch.equal(fast[i], want)
 
 
 def test_fast_path_refuses_imagenet_style_crops_and_what_does_not_fit(tmp_path, monkeypatch):
     root = make_fake_image_folder(tmp_path, per_class=2, val_per_class=1)
-    data = build_data(folder(root, image_size=96))
+    train, test = splits(folder(root, image_size=96))
     with pytest.raises(ConfigError, match=r"data.loader=fast: folder .*random resized crops"):
-        memory_data(data.train, "cpu", "folder")
-    memory_data(data.test, "cpu", "folder")  # the test split is resized once: it fits
+        memory_data(train, "cpu", "folder")
+    memory_data(test, "cpu", "folder")  # the test split is resized once: it fits
     import ckd.data.fast as fast
 
     monkeypatch.setattr(fast, "free_memory", lambda device: 1000)
-    data = build_data(folder(root))
+    train, _ = splits(folder(root))
     with pytest.raises(ConfigError, match=r"need 0.0 GiB as uint8, more than 50% of the"):
-        memory_data(data.train, "cpu", "folder")
+        memory_data(train, "cpu", "folder")
 
 
 def test_class_count_channels_and_size_reach_the_models(tmp_path):

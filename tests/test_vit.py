@@ -14,11 +14,11 @@ import ckd.models.external as external
 from ckd.cli import main
 from ckd.config import config_from_dict, method_from_dict
 from ckd.data import DatasetInfo, make_fake_image_folder
-from ckd.engine.build import build_distiller
 from ckd.errors import ConfigError
 from ckd.methods import METHODS, Distiller, Setup
 from ckd.models import create_model
 from ckd.registry import UnknownNameError
+from ckd.tasks.classification import build_distiller
 
 DEIT = "timm:deit_tiny_patch16_224"
 INFO = DatasetInfo("folder", 4, 1, 32, (0.5,), (0.25,))

@@ -1,8 +1,14 @@
 """The run configuration: a validated schema loaded from YAML plus ``key=value`` overrides.
 
-Everything is checked before anything runs or is written: unknown keys, wrong types, unknown
-model/method/dataset names, missing files and out-of-range numbers each raise a
-:class:`~ckd.errors.ConfigError` whose one-line message names the bad value and what is allowed.
+One schema for every task: ``task:`` (``classification`` by default, or ``detection``) selects
+the task's ``data`` and model (``student``, ``teacher``) sections, and the task's other sections
+(a detector's ``input`` and ``detector``); ``method``, ``optim`` and ``run`` are shared. A config
+is read once (:func:`load_config`), each default is defined once (a field's default, or a task's
+``SECTION_DEFAULTS`` / a method's ``TASK_DEFAULTS`` where a task differs), derived values are
+resolved once while building, and then checked: values first (:func:`validate`), then the files
+they name (:func:`check_files`). Every bad input raises a :class:`~ckd.errors.ConfigError`
+whose one-line message names the bad value and what is allowed, before anything runs or is
+written.
 
 A config file may start with ``_base_: other.yaml`` (relative to the file); its mapping is then
 merged over the base's, key by key.
@@ -13,13 +19,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
 from ckd.errors import ConfigError
 from ckd.methods import METHODS, MethodOptions
-from ckd.registry import Registry
 from ckd.schema import build, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -68,15 +73,20 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 240
+    # The schedule's length in epochs, or in iterations (optimisation steps) when ``iters`` is
+    # set (then ``epochs`` is null). Milestones, warm-up and run.{eval,log,checkpoint}_every
+    # count in that unit.
+    epochs: int | None = 240
+    iters: int | None = None
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: Literal["step", "cosine", "constant"] = "step"
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # step: epochs
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # step: in the unit
     gamma: float = 0.1  # step: factor at each milestone
-    warmup_epochs: float = 0.0  # linear warm-up from 0, per iteration
+    warmup_epochs: float = 0.0  # linear warm-up from 0, per step, over this many epochs
+    warmup_iters: int = 0  # ... or this many iterations (one of the two)
     min_lr: float = 0.0  # cosine: final learning rate
     # Gradient accumulation: each optimisation step sums the gradients of accum_steps
     # micro-batches per process (data.batch_size, the global batch, is cut into processes x
@@ -85,6 +95,16 @@ class OptimConfig:
     # Linear learning-rate scaling (Goyal et al., 2017): when set, lr and min_lr are the rates
     # for a global batch of this size and are multiplied by data.batch_size / lr_reference_batch.
     lr_reference_batch: int | None = None
+
+    @property
+    def unit(self) -> str:
+        """``epoch`` or ``iteration``: what the schedule's counts count."""
+        return "epoch" if self.iters is None else "iteration"
+
+    @property
+    def length(self) -> int:
+        """The schedule's length in its unit."""
+        return self.iters if self.iters is not None else self.epochs  # type: ignore[return-value]
 
 
 @dataclass
@@ -110,6 +130,13 @@ class RunConfig:
     # SyncBatchNorm for the student under torchrun (CUDA only): BN statistics over the global
     # micro-batch instead of each process's share.
     sync_bn: bool = False
+    eval_teacher: bool = True  # evaluate the teacher once before training
+    # In the schedule's unit (optim.epochs or optim.iters): evaluate (and keep best.pt) every N
+    # (null: at the end of every epoch); write last.pt every N (null: at every evaluation); log
+    # a row of training losses every N (null: at every evaluation).
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    log_every: int | None = None
 
 
 @dataclass
@@ -134,12 +161,18 @@ class MethodConfig:
         return d
 
 
-@dataclass
-class Config:
-    data: DataConfig
-    student: ModelConfig
+@dataclass(kw_only=True)
+class BaseConfig:
+    """What every task's config holds; a task's config adds its data and model sections."""
+
+    #: Defaults of shared sections that differ for this task: ``{section: {key: value}}``,
+    #: merged beneath the config's own values.
+    SECTION_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Section keys in the order they are written (``config.yaml``).
+    ORDER: ClassVar[tuple[str, ...]] = ("task", "description", "data", "student", "teacher")
+
+    task: str
     method: MethodConfig
-    teacher: ModelConfig | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     description: str = ""
@@ -149,10 +182,173 @@ class Config:
         """Plain mapping that :func:`config_from_dict` turns back into the same config."""
         d = to_dict(self)
         d["method"] = self.method.to_dict()
-        return d
+        first = [k for k in self.ORDER if k in d]
+        return {k: d[k] for k in [*first, *(k for k in d if k not in first)]}
 
     def default_out_dir(self) -> Path:
         return Path("runs") / config_name(self.source or "run") / f"seed{self.run.seed}"
+
+    def resolve(self) -> None:
+        """Settle values derived from others (once, while building)."""
+
+    def validate(self) -> None:
+        """This task's value checks (beyond the shared ones of :func:`validate`)."""
+
+    def check_files(self) -> None:
+        """This task's checks of the files its values name."""
+
+
+FOLDER_KEYS = ("image_size", "channels", "val_fraction", "mean", "std")
+"""The data keys of a configurable dataset (``folder``); null for the others."""
+
+
+def validate_folder_options(d: DataConfig) -> int | None:
+    """Check the folder keys of the data section; return the number of input channels when it
+    is known without reading the data (a fixed dataset's, or ``data.channels``)."""
+    from ckd.data import DATASETS
+
+    spec = DATASETS.get(d.name)
+    if spec.info is not None:
+        for key in FOLDER_KEYS:
+            _require(
+                getattr(d, key) is None,
+                f"data.{key} is for data.name=folder (your own images); {d.name} has "
+                f"{spec.info.in_channels}x{spec.info.image_size}x{spec.info.image_size} images "
+                "and its own split and normalisation: remove it",
+            )
+        return spec.info.in_channels
+    _require(
+        d.root is not None,
+        f"data.root: data.name={d.name} needs the folder of your images "
+        "(ROOT/train/<class>/..., ROOT/val/<class>/...)",
+    )
+    _require(
+        d.image_size is None or d.image_size >= 8,
+        f"data.image_size must be >= 8 or null; got {d.image_size}",
+    )
+    _require(
+        d.channels in (None, 1, 3) and not isinstance(d.channels, bool),
+        f"data.channels must be 1 (greyscale), 3 (RGB) or null (from the images); got {d.channels}",
+    )
+    _require(
+        d.val_fraction is None or 0 < d.val_fraction < 1,
+        f"data.val_fraction must be in (0, 1) or null; got {d.val_fraction}",
+    )
+    _require(
+        (d.mean is None) == (d.std is None),
+        f"data.mean and data.std go together; got only {'mean' if d.std is None else 'std'}",
+    )
+    if d.mean is not None and d.std is not None:
+        _require(
+            len(d.mean) == len(d.std) and len(d.mean) in (1, 3),
+            f"data.mean and data.std need 1 or 3 values each, as many as channels; got "
+            f"{d.mean} and {d.std}",
+        )
+        _require(
+            d.channels is None or len(d.mean) == d.channels,
+            f"data.mean needs {d.channels} value(s) for data.channels={d.channels}; got {d.mean}",
+        )
+        _require(all(x > 0 for x in d.std), f"data.std must be > 0; got {d.std}")
+        return len(d.mean)
+    return d.channels
+
+
+@dataclass(kw_only=True)
+class Config(BaseConfig):
+    """A classification run: a dataset of labelled images, classifier models."""
+
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+
+    def resolve(self) -> None:
+        if self.data.loader == "fast" and self.data.aug_seed is None:
+            self.data.aug_seed = self.run.seed  # the augmentation's seed defaults to the run's
+
+    def validate(self) -> None:
+        from ckd.data import DATASETS
+        from ckd.models import MODELS
+
+        d = self.data
+        _require(
+            d.name in DATASETS,
+            f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}",
+        )
+        channels = validate_folder_options(d)
+        for role in ("student", "teacher"):
+            m = getattr(self, role)
+            if m is None:
+                continue
+            _require(
+                m.name in MODELS,
+                f"{role}.name: unknown model {m.name!r}; known: {', '.join(MODELS)}",
+            )
+            if m.pretrained:
+                _require(
+                    m.name.startswith(("tv:", "timm:")),
+                    f"{role}.pretrained is for torchvision and timm models (tv:<name>, "
+                    f"timm:<name>); got {m.name!r}",
+                )
+                _require(
+                    m.checkpoint is None,
+                    f"{role}: give checkpoint or pretrained=true, not both",
+                )
+            _require(
+                (m.input_mean is None) == (m.input_std is None),
+                f"{role}.input_mean and {role}.input_std go together; got only "
+                f"{'input_mean' if m.input_std is None else 'input_std'}",
+            )
+            if m.input_mean is not None and m.input_std is not None:
+                for key in ("input_mean", "input_std"):
+                    v = getattr(m, key)
+                    _require(
+                        channels is None or len(v) == channels,
+                        f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; "
+                        f"got {v}",
+                    )
+                _require(
+                    all(x > 0 for x in m.input_std),
+                    f"{role}.input_std must be > 0; got {m.input_std}",
+                )
+        for key in ("train_subset", "test_subset"):
+            v = getattr(d, key)
+            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
+        _require(
+            d.aug_seed is None or d.aug_seed >= 0,
+            f"data.aug_seed must be >= 0 or null; got {d.aug_seed}",
+        )
+        _require(
+            d.aug_seed is None or d.loader == "fast",
+            f"data.aug_seed is for data.loader=fast; got data.loader={d.loader!r}",
+        )
+        r = self.run
+        if r.teacher_cache is not None:
+            _require(
+                r.teacher_cache.strip() != "",
+                "run.teacher_cache must be a folder path or null; got ''",
+            )
+            _require(
+                d.loader == "fast",
+                f"run.teacher_cache needs data.loader=fast (the standard loader's augmentation "
+                f"cannot be replayed); got data.loader={d.loader!r}",
+            )
+        if r.compile is not False:
+            feature_methods = [m.name for m in self.method.parts() if _method(m).needs_features]
+            if feature_methods:
+                raise ConfigError(
+                    f"run.compile: method {feature_methods[0]!r} reads features through hooks, "
+                    "which torch.compile would retrace every step; set run.compile=false"
+                )
+
+    def check_files(self) -> None:
+        for role in ("student", "teacher"):
+            m = getattr(self, role)
+            if m is not None and m.checkpoint is not None:
+                _require(
+                    Path(m.checkpoint).is_file(),
+                    f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
+                )
 
 
 def config_name(path: str | Path) -> str:
@@ -245,38 +441,78 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def method_from_dict(
-    data: Any, where: str = "method", nested: bool = True, registry: Registry | None = None
+    data: Any, where: str = "method", nested: bool = True, task: str = "classification"
 ) -> MethodConfig:
-    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``; the
-    names come from ``registry`` (default: the classification methods)."""
-    methods = METHODS if registry is None else registry
+    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``: the
+    methods of the registry that serve ``task``, each option defaulted by the method's
+    ``TASK_DEFAULTS`` for ``task`` where it has one, else by its field default."""
+    known = [n for n, cls in METHODS.items() if task in cls.tasks]
     if not isinstance(data, dict) or "name" not in data:
-        raise ConfigError(f"{where}: expected a mapping with a name, one of {methods.names()}")
+        raise ConfigError(f"{where}: expected a mapping with a name, one of {', '.join(known)}")
     data = dict(data)
     name = data.pop("name")
-    if name not in methods:
-        raise ConfigError(f"{where}.name: unknown method {name!r}; known: {', '.join(methods)}")
+    if name not in known:
+        what = "unknown method" if name not in METHODS else f"method not available for {task}:"
+        raise ConfigError(f"{where}.name: {what} {name!r}; known: {', '.join(known)}")
     also = data.pop("also", []) if nested else []
     if not isinstance(also, list):
         raise ConfigError(f"{where}.also: expected a list of methods, got {also!r}")
-    options = build(methods.get(name).Options, data, where)
+    options_cls = METHODS.get(name).Options
+    options = build(options_cls, {**options_cls.TASK_DEFAULTS.get(task, {}), **data}, where)
     parts = [
-        method_from_dict(m, f"{where}.also[{i}]", nested=False, registry=methods)
+        method_from_dict(m, f"{where}.also[{i}]", nested=False, task=task)
         for i, m in enumerate(also)
     ]
     return MethodConfig(name, options, parts)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Typed, fully validated config from a plain mapping."""
+#: Keys a release moved, for a one-line migration error (and to read older runs' configs).
+MOVED = {
+    "optim.log_every": "run.log_every",
+    "optim.eval_every": "run.eval_every",
+    "optim.checkpoint_every": "run.checkpoint_every",
+}
+
+
+def _migrate(data: dict[str, Any], silently: bool) -> dict[str, Any]:
+    """Move the keys of :data:`MOVED` (``silently``: a saved config of an older run), or name
+    the first one found."""
+    for old, new in MOVED.items():
+        (s0, k0), (s1, k1) = old.split("."), new.split(".")
+        section = data.get(s0)
+        if isinstance(section, dict) and k0 in section:
+            if not silently:
+                raise ConfigError(f"{old} is now {new}; move it there")
+            data = {**data, s0: {k: v for k, v in section.items() if k != k0}}
+            data[s1] = {**(data.get(s1) or {}), k1: section[k0]}
+    return data
+
+
+def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = False) -> BaseConfig:
+    """Typed, fully validated config from a plain mapping (its ``task`` picks the schema);
+    ``files``: also check the files it names; ``saved``: a run's own saved config (older
+    layouts accepted)."""
+    from ckd.tasks import TASKS
+
     data = dict(data)
-    method = method_from_dict(data.pop("method", None))
-    cfg = build(Config, data, "", given={"method": method})
+    task = data.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(f"task: unknown task {task!r}; known: {', '.join(TASKS)}")
+    cls = TASKS.get(task).Config
+    data = _merge(cls.SECTION_DEFAULTS, _migrate(data, silently=saved))
+    optim = data.get("optim")
+    if isinstance(optim, dict) and optim.get("iters") is not None and "epochs" not in optim:
+        data["optim"] = {**optim, "epochs": None}  # an iteration schedule has no epochs
+    method = method_from_dict(data.pop("method", None), task=task)
+    cfg = build(cls, data, "", given={"method": method})
+    cfg.resolve()
     validate(cfg)
+    if files:
+        check_files(cfg)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> BaseConfig:
     """Read, merge, override and validate a config file (or a shipped config's name)."""
     p = resolve_config_path(path)
     data = apply_overrides(read_yaml(p.resolve()), overrides or [])
@@ -291,149 +527,66 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_method_and_loading(method: MethodConfig, d: Any, subsets: tuple[str, ...]) -> None:
-    """The checks classification and detection configs share: every method part's options, and
-    the data section's batch sizes, workers and subset sizes (``subsets``: their keys)."""
-    for part in method.parts():
+def _method(part: MethodConfig) -> Any:
+    return METHODS.get(part.name)
+
+
+def validate(cfg: BaseConfig) -> None:
+    """The value checks every task shares (method, loading, optim, run), then the task's."""
+    d, o, r = cfg.data, cfg.optim, cfg.run  # type: ignore[attr-defined]
+    for part in cfg.method.parts():
         try:
             part.options.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
-    for key in subsets:
-        v = getattr(d, key)
-        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
-
-
-FOLDER_KEYS = ("image_size", "channels", "val_fraction", "mean", "std")
-"""The data keys of a configurable dataset (``folder``); null for the others."""
-
-
-def validate_folder_options(d: DataConfig) -> int | None:
-    """Check the folder keys of the data section; return the number of input channels when it
-    is known without reading the data (a fixed dataset's, or ``data.channels``)."""
-    from ckd.data import DATASETS
-
-    spec = DATASETS.get(d.name)
-    if spec.info is not None:
-        for key in FOLDER_KEYS:
-            _require(
-                getattr(d, key) is None,
-                f"data.{key} is for data.name=folder (your own images); {d.name} has "
-                f"{spec.info.in_channels}x{spec.info.image_size}x{spec.info.image_size} images "
-                "and its own split and normalisation: remove it",
-            )
-        return spec.info.in_channels
-    _require(
-        d.root is not None,
-        f"data.root: data.name={d.name} needs the folder of your images "
-        "(ROOT/train/<class>/..., ROOT/val/<class>/...)",
-    )
-    _require(
-        d.image_size is None or d.image_size >= 8,
-        f"data.image_size must be >= 8 or null; got {d.image_size}",
-    )
-    _require(
-        d.channels in (None, 1, 3) and not isinstance(d.channels, bool),
-        f"data.channels must be 1 (greyscale), 3 (RGB) or null (from the images); got {d.channels}",
-    )
-    _require(
-        d.val_fraction is None or 0 < d.val_fraction < 1,
-        f"data.val_fraction must be in (0, 1) or null; got {d.val_fraction}",
-    )
-    _require(
-        (d.mean is None) == (d.std is None),
-        f"data.mean and data.std go together; got only {'mean' if d.std is None else 'std'}",
-    )
-    if d.mean is not None and d.std is not None:
-        _require(
-            len(d.mean) == len(d.std) and len(d.mean) in (1, 3),
-            f"data.mean and data.std need 1 or 3 values each, as many as channels; got "
-            f"{d.mean} and {d.std}",
-        )
-        _require(
-            d.channels is None or len(d.mean) == d.channels,
-            f"data.mean needs {d.channels} value(s) for data.channels={d.channels}; got {d.mean}",
-        )
-        _require(all(x > 0 for x in d.std), f"data.std must be > 0; got {d.std}")
-        return len(d.mean)
-    return d.channels
-
-
-def validate(cfg: Config) -> None:
-    """Semantic checks beyond types: names, files and ranges."""
-    from ckd.data import DATASETS
-    from ckd.models import MODELS
-
-    d, o, r = cfg.data, cfg.optim, cfg.run
-    _require(
-        d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}"
-    )
-    channels = validate_folder_options(d)
-    for role in ("student", "teacher"):
-        m = getattr(cfg, role)
-        if m is None:
-            continue
-        _require(
-            m.name in MODELS,
-            f"{role}.name: unknown model {m.name!r}; known: {', '.join(MODELS)}",
-        )
-        if m.checkpoint is not None:
-            _require(
-                Path(m.checkpoint).is_file(),
-                f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
-            )
-        if m.pretrained:
-            _require(
-                m.name.startswith(("tv:", "timm:")),
-                f"{role}.pretrained is for torchvision and timm models (tv:<name>, "
-                f"timm:<name>); got {m.name!r}",
-            )
-            _require(
-                m.checkpoint is None,
-                f"{role}: give checkpoint or pretrained=true, not both",
-            )
-        _require(
-            (m.input_mean is None) == (m.input_std is None),
-            f"{role}.input_mean and {role}.input_std go together; got only "
-            f"{'input_mean' if m.input_std is None else 'input_std'}",
-        )
-        if m.input_mean is not None and m.input_std is not None:
-            for key in ("input_mean", "input_std"):
-                v = getattr(m, key)
-                _require(
-                    channels is None or len(v) == channels,
-                    f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; got {v}",
-                )
-            _require(
-                all(x > 0 for x in m.input_std),
-                f"{role}.input_std must be > 0; got {m.input_std}",
-            )
-    needing = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_teacher]
+    needing = [m.name for m in cfg.method.parts() if _method(m).needs_teacher]
+    teacher = getattr(cfg, "teacher", None)
     if needing:
         _require(
-            cfg.teacher is not None
-            and (cfg.teacher.checkpoint is not None or cfg.teacher.pretrained),
-            f"method {needing[0]!r} needs a teacher: set teacher.name and "
+            teacher is not None and teacher_given(teacher),
+            f"method {needing[0]!r} needs a teacher: set the teacher section and "
             "teacher.checkpoint (a file trained with method vanilla, or a reference checkpoint)",
         )
     else:
         _require(
-            cfg.teacher is None,
+            teacher is None,
             f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
         )
-    validate_method_and_loading(cfg.method, d, ("train_subset", "test_subset"))
-    _require(o.epochs >= 1, f"optim.epochs must be >= 1; got {o.epochs}")
+        _require(
+            r.teacher_cache is None,
+            f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
+        )
+    for key in ("batch_size", "test_batch_size"):
+        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
+    _require(
+        (o.epochs is None) != (o.iters is None),
+        f"optim: give epochs or iters (one of the two); got epochs={o.epochs}, iters={o.iters}",
+    )
+    _require(
+        o.length >= 1,
+        f"optim.{'epochs' if o.iters is None else 'iters'} must be >= 1; got {o.length}",
+    )
     _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
     _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")
     _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {o.weight_decay}")
     _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {o.gamma}")
+    _require(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0; got {o.warmup_epochs}")
+    _require(o.warmup_iters >= 0, f"optim.warmup_iters must be >= 0; got {o.warmup_iters}")
     _require(
-        0 <= o.warmup_epochs < o.epochs,
-        f"optim.warmup_epochs must be in [0, epochs={o.epochs}); got {o.warmup_epochs}",
+        not (o.warmup_epochs and o.warmup_iters),
+        "optim: give warmup_epochs or warmup_iters, not both",
     )
+    if o.iters is None:
+        _require(
+            o.warmup_epochs < o.length,
+            f"optim.warmup_epochs must be in [0, epochs={o.length}); got {o.warmup_epochs}",
+        )
+    else:
+        _require(
+            o.warmup_iters < o.length,
+            f"optim.warmup_iters must be in [0, iters={o.length}); got {o.warmup_iters}",
+        )
     _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
     _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {o.accum_steps}")
     _require(
@@ -446,40 +599,29 @@ def validate(cfg: Config) -> None:
         f"optim.lr_reference_batch must be >= 1 or null; got {o.lr_reference_batch}",
     )
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
-    if o.schedule == "step":  # milestones past the last epoch are allowed (they never fire)
+    if o.schedule == "step":  # milestones past the end are allowed (they never fire)
         _require(
             all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
-            f"optim.milestones must be increasing positive epochs; got {o.milestones}",
+            f"optim.milestones must be increasing positive {o.unit}s; got {o.milestones}",
         )
     _require(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
         f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
     )
-    _require(
-        d.aug_seed is None or d.aug_seed >= 0,
-        f"data.aug_seed must be >= 0 or null; got {d.aug_seed}",
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        v = getattr(r, key)
+        _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {v}")
+    cfg.validate()
+
+
+def teacher_given(teacher: Any) -> bool:
+    """Whether a teacher section says where its weights come from."""
+    return any(
+        getattr(teacher, key, None) not in (None, False)
+        for key in ("checkpoint", "pretrained", "weights")
     )
-    _require(
-        d.aug_seed is None or d.loader == "fast",
-        f"data.aug_seed is for data.loader=fast; got data.loader={d.loader!r}",
-    )
-    if r.teacher_cache is not None:
-        _require(
-            r.teacher_cache.strip() != "", "run.teacher_cache must be a folder path or null; got ''"
-        )
-        _require(
-            d.loader == "fast",
-            f"run.teacher_cache needs data.loader=fast (the standard loader's augmentation "
-            f"cannot be replayed); got data.loader={d.loader!r}",
-        )
-        _require(
-            cfg.teacher is not None,
-            f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
-        )
-    if r.compile is not False:
-        feature_methods = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_features]
-        if feature_methods:
-            raise ConfigError(
-                f"run.compile: method {feature_methods[0]!r} reads features through hooks, which "
-                "torch.compile would retrace every step; set run.compile=false"
-            )
+
+
+def check_files(cfg: BaseConfig) -> None:
+    """The checks of the files a (value-checked) config names."""
+    cfg.check_files()

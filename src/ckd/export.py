@@ -110,15 +110,18 @@ def load_student(source: str | Path) -> Student:
         ConfigError: no such file, not a checkpoint of ours, or weights that do not fit.
     """
     from ckd.config import ModelConfig
-    from ckd.engine.build import build_model
     from ckd.engine.checkpoint import load_checkpoint
     from ckd.models import load_weights
+    from ckd.tasks.classification import build_model
 
     path = find_checkpoint(source)
     try:
         ckpt = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - not a checkpoint, or weights_only refuses it
         raise ConfigError(f"{path}: cannot be read as a checkpoint: {one_line(e)}") from None
+    task = ckpt.get("task") or (ckpt.get("config") or {}).get("task") or "classification"
+    if task != "classification":
+        raise ConfigError(f"{path} is a {task} run; ckd export writes classification students")
     student = (ckpt.get("config") or {}).get("student")
     if not isinstance(student, dict) or "model" not in ckpt:
         raise ConfigError(
@@ -250,7 +253,7 @@ def _safetensors(student: Student, out: Path) -> Callable[[Tensor], Tensor]:
     from safetensors.torch import save_file
 
     from ckd.config import ModelConfig
-    from ckd.engine.build import build_model
+    from ckd.tasks.classification import build_model
 
     state = {
         k: v.detach().cpu().contiguous().clone() for k, v in student.model.state_dict().items()

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckd.config import Config
 from ckd.data.fast import GENERATOR, AugParams, MemoryData, augment_batch, draw_augmentation
 from ckd.errors import ConfigError
 from ckd.methods.base import Outputs, run_network
@@ -67,12 +66,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def aug_seed_of(cfg: Config) -> int:
-    """The seed of the fast loader's augmentation draws: ``data.aug_seed``, else ``run.seed``."""
-    return cfg.run.seed if cfg.data.aug_seed is None else cfg.data.aug_seed
-
-
-def cache_identity(cfg: Config, train: MemoryData) -> dict[str, Any]:
+def cache_identity(cfg: Any, train: MemoryData) -> dict[str, Any]:
     """What a cache must have been made for to serve this run (everything but the epochs)."""
     if cfg.teacher is None or cfg.teacher.checkpoint is None:
         raise ConfigError("run.teacher_cache: the run has no teacher checkpoint to cache")
@@ -87,7 +81,7 @@ def cache_identity(cfg: Config, train: MemoryData) -> dict[str, Any]:
             "sha256": train.fingerprint,
         },
         "augmentation": {**train.augment.to_dict(), "generator": GENERATOR},
-        "aug_seed": aug_seed_of(cfg),
+        "aug_seed": cfg.data.aug_seed,
     }
 
 
@@ -390,3 +384,19 @@ def verify_cache(
                     "tolerance); the cache is stale or corrupt: rebuild it"
                 )
     return worst
+
+
+def describe(folder: str | Path) -> str:
+    """One line on the cache in ``folder`` (``ckd cache info``)."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"{folder} is not a teacher cache (no {MANIFEST})")
+    m = json.loads(manifest.read_text())
+    feats = "with features" if m.get("features") else "logits only"
+    return (
+        f"{folder}: teacher {m['teacher']['name']} "
+        f"(sha256 {m['teacher']['checkpoint_sha256'][:12]}), {m['dataset']['name']} "
+        f"{m['dataset']['num_train']} train views x {m['epochs']} epochs, "
+        f"aug_seed {m['aug_seed']}, {feats}, built on {m['built']['device']} "
+        f"in {m['built']['seconds']} s"
+    )

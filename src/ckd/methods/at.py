@@ -38,4 +38,4 @@ class AT(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         s, t = paired_stages(b.student.feats, b.teacher.feats)
-        return {"ce": self.ce(b), "at": self.options.w_at * at_loss(s, t, self.options.p)}
+        return {"at": self.options.w_at * at_loss(s, t, self.options.p)}

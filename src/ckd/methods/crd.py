@@ -122,4 +122,4 @@ class CRD(Method):
             for bank, new in ((self.memory_student, v_s), (self.memory_teacher, v_t)):
                 new = b.gather(new.detach())
                 bank.index_copy_(0, index, crd_memory_update(bank[index], new, o.nce_m))
-        return {"ce": self.ce(b), "crd": o.w_crd * term}
+        return {"crd": o.w_crd * term}

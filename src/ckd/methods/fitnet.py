@@ -94,4 +94,4 @@ class FitNet(Method):
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         hint = self.regressor(b.student.feats[self.student_index])
         guided = b.teacher.feats[self.teacher_index]
-        return {"ce": self.ce(b), "fitnet": self.options.w_fitnet * fitnet_loss(hint, guided)}
+        return {"fitnet": self.options.w_fitnet * fitnet_loss(hint, guided)}

@@ -43,4 +43,4 @@ class KDSVD(Method):
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
         s, t = paired_stages(b.student.feats, b.teacher.feats)
-        return {"ce": self.ce(b), "kdsvd": o.w_kdsvd * kdsvd_loss(s, t, o.k, o.vectors)}
+        return {"kdsvd": o.w_kdsvd * kdsvd_loss(s, t, o.k, o.vectors)}

@@ -36,4 +36,4 @@ class NST(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         s, t = paired_stages(b.student.feats, b.teacher.feats)
-        return {"ce": self.ce(b), "nst": self.options.w_nst * nst_loss(s, t)}
+        return {"nst": self.options.w_nst * nst_loss(s, t)}

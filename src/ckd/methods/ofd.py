@@ -113,4 +113,4 @@ class OFD(Method):
         student_maps = [b.student.preact[i] for i in self.student_stages]
         projected = [c(x) for c, x in zip(self.connectors, student_maps, strict=True)]
         term = ofd_loss(projected, teacher_maps, self.margins())
-        return {"ce": self.ce(b), "ofd": self.options.w_ofd * term}
+        return {"ofd": self.options.w_ofd * term}

@@ -44,7 +44,6 @@ class RKD(Method):
         o = self.options
         s, t = b.student.embedding, b.teacher.embedding
         return {
-            "ce": self.ce(b),
             "rkd_distance": o.w_rkd * o.distance_weight * rkd_distance_loss(s, t, o.squared, o.eps),
             "rkd_angle": o.w_rkd * o.angle_weight * rkd_angle_loss(s, t),
         }

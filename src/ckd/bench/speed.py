@@ -168,7 +168,7 @@ class StepTimer:
     PARTS = ("input", "teacher", "student forward", "loss", "backward + optimizer")
 
     def __init__(self, trainer: Any) -> None:
-        self.trainer, self.device = trainer, trainer.device
+        self.trainer, self.device = trainer, trainer.runtime.device
         self.totals = dict.fromkeys(self.PARTS, 0.0)
         self._start: dict[str, float] = {}
         self._in_source = False
@@ -233,7 +233,7 @@ class StepTimer:
 
 def timed_steps(trainer: Any, epoch: int) -> Iterator[float]:
     """The steps of ``epoch`` one at a time: yields the seconds each took (batch included)."""
-    iters, batches = trainer.epoch_batches(epoch)
+    iters, batches = trainer.task.loader.steps_per_epoch, trainer.task.loader.epoch(epoch)
     trainer.distiller.train()
     lr = trainer.cfg.optim.lr
     it: Iterator = iter(batches)
@@ -241,7 +241,7 @@ def timed_steps(trainer: Any, epoch: int) -> Iterator[float]:
         for i in range(iters):
             start = time.perf_counter()
             trainer.train_step(next(it), epoch, epoch * iters + i, lr)
-            _sync(trainer.device)
+            _sync(trainer.runtime.device)
             yield time.perf_counter() - start
     finally:
         close = getattr(it, "close", None)
@@ -281,7 +281,7 @@ def run_steps(
 ) -> float:
     """Run ``warmup`` then ``steps`` training steps of ``epoch``; seconds the timed ones took.
     ``before_close`` is called after the steps, while the epoch's loader is still open."""
-    iters, batches = trainer.epoch_batches(epoch)
+    iters, batches = trainer.task.loader.steps_per_epoch, trainer.task.loader.epoch(epoch)
     if warmup + steps > iters:
         raise ValueError(f"{warmup} + {steps} steps asked, the epoch has {iters}")
     trainer.distiller.train()
@@ -290,7 +290,7 @@ def run_steps(
     try:
         for i in range(warmup):
             trainer.train_step(next(it), epoch, epoch * iters + i, lr)
-        _sync(trainer.device)
+        _sync(trainer.runtime.device)
         start = time.perf_counter()
         for i in range(warmup, warmup + steps):
             if timer is None:
@@ -304,7 +304,7 @@ def run_steps(
             step = timer.now() - t1
             timer.totals["input"] += t1 - t0
             timer.totals["backward + optimizer"] += step - (timer.inner() - before)
-        _sync(trainer.device)
+        _sync(trainer.runtime.device)
         elapsed = time.perf_counter() - start
         if before_close is not None:
             before_close()
@@ -370,8 +370,8 @@ def _peak_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     baseline = _vm_hwm_mib()
     cfg = config_from_dict(args["config"])
     trainer = Trainer(cfg, echo=_quiet)
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
+    if trainer.runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.runtime.device)
     workers: list[float] = []
     run_steps(
         trainer,
@@ -382,8 +382,8 @@ def _peak_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     )
     peak = _vm_hwm_mib()
     out = {"rss_mib": peak, "rss_growth_mib": peak - baseline, "workers_pss_mib": workers[0]}
-    if trainer.device.type == "cuda":
-        out["cuda_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    if trainer.runtime.device.type == "cuda":
+        out["cuda_mib"] = torch.cuda.max_memory_allocated(trainer.runtime.device) / 2**20
     return out
 
 
@@ -393,7 +393,7 @@ def peak_memory(
     """Peak memory of one variant, measured in a fresh Python process."""
     payload = json.dumps({"config": config, "warmup": warmup, "steps": steps, "threads": threads})
     proc = subprocess.run(
-        [sys.executable, "-m", "ckd.engine.bench", "--memory-child", payload],
+        [sys.executable, "-m", "ckd.bench.speed", "--memory-child", payload],
         capture_output=True,
         text=True,
         check=False,
@@ -409,12 +409,12 @@ def profile_table(trainer: Any, epoch: int, warmup: int, steps: int, rows: int =
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
-    if trainer.device.type == "cuda":
+    if trainer.runtime.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     run_steps(trainer, epoch, warmup, 1)
     with profile(activities=activities) as prof:
         run_steps(trainer, epoch, 0, steps)
-    key = "self_cuda_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    key = "self_cuda_time_total" if trainer.runtime.device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
@@ -449,11 +449,11 @@ def bench_speed(
                 result["cache_mib"] = size / 2**20
                 result["cache_epochs"] = epochs
         first = next(iter(trainers.values()))
-        result["device"] = str(first.device)
+        result["device"] = str(first.runtime.device)
         result["settings"] = {
             f"{p}/{m}": {
-                "amp": str(t.amp).replace("torch.", "") if t.amp else "fp32",
-                "channels_last": t.channels_last,
+                "amp": str(t.runtime.amp).replace("torch.", "") if t.runtime.amp else "fp32",
+                "channels_last": t.runtime.channels_last,
                 "compile": t.cfg.run.compile,
             }
             for (p, m), t in trainers.items()
@@ -596,6 +596,51 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def speed_command(
+    spec: BenchSpec,
+    variants: str | None,
+    memory: bool,
+    profile: bool,
+    json_out: str | None,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """``ckd bench speed``: check the arguments, run, and return the report."""
+    from ckd.errors import ConfigError
+    from ckd.methods import METHODS
+    from ckd.models import MODELS
+
+    for name in (spec.teacher, spec.student):
+        MODELS.get(name)
+    for key in ("batch_size", "steps", "warmup", "rounds", "num_workers", "threads"):
+        value, least = getattr(spec, key), 0 if key in ("warmup", "num_workers") else 1
+        if value is not None and value < least:
+            flag = {"num_workers": "workers"}.get(key, key).replace("_", "-")
+            raise ConfigError(f"--{flag} must be >= {least}; got {value}")
+    chosen = DEFAULT_VARIANTS
+    if variants:
+        chosen = tuple(tuple(v.split(":", 1)) for v in variants.split(","))  # type: ignore[misc]
+        for v in chosen:
+            if len(v) != 2 or v[0] not in PATHS or v[1] not in METHOD_LABELS:
+                raise ConfigError(
+                    f"--variants: {':'.join(v)!r} is not PATH:METHOD with PATH one of "
+                    f"{', '.join(PATHS)} and METHOD one of {', '.join(METHOD_LABELS)}"
+                )
+            METHODS.get(v[1])
+            if v[0].startswith("cache") and v[1] == "vanilla":
+                raise ConfigError(f"--variants: {':'.join(v)} has no teacher to cache")
+    result = bench_speed(spec, chosen, memory=memory, profile=profile, echo=echo)
+    report = format_report(result)
+    if profile:
+        for path, table in result.get("profiles", {}).items():
+            report += (
+                f"\n\ntorch.profiler, {PATHS[path]} (CKD), top operators by self time:\n{table}"
+            )
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        report += f"\nwrote {json_out}"
+    return report
+
+
 def _n(spec: dict[str, Any]) -> int:
     return spec["batch_size"] * (spec["warmup"] + spec["steps"])
 
@@ -609,4 +654,4 @@ if __name__ == "__main__":  # the peak-memory child process
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
         print(json.dumps(_peak_memory_child(json.loads(sys.argv[2]))))
     else:
-        sys.exit("usage: python -m ckd.engine.bench --memory-child JSON (internal)")
+        sys.exit("usage: python -m ckd.bench.speed --memory-child JSON (internal)")
