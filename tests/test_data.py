@@ -43,7 +43,11 @@ def no_search_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_and_info() -> None:
-    assert D.dataset_names() == ["cifar10", "cifar100", "fashion_mnist", "imagenet", "places365"]
+    assert D.dataset_names() == [
+        "cifar10", "cifar100", "fashion_mnist", "folder", "imagenet", "places365"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="is read from its data config"):
+        D.dataset_info("folder")  # its facts come from the folder: resolve_dataset
     assert all(name in D.DATASETS for name in D.dataset_names())
     c100, c10, f = (D.dataset_info(n) for n in ("cifar100", "cifar10", "fashion_mnist"))
     assert (c100.num_classes, c100.in_channels, c100.image_size) == (100, 3, 32)

@@ -550,7 +550,7 @@ STEPS_LR = {  # SGD learning rate of the short runs below (the terms' scales dif
     "nst": 1e-2,
     "kdsvd": 1e-1,
     "sp": 1e-3,
-    "pkt": 1e-2,
+    "pkt": 1e-3,  # at 1e-2 ShuffleV2's term overshoots upwards on AVX2/AVX-512 kernels
     "rkd": 1e-2,
 }
 

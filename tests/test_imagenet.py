@@ -152,7 +152,7 @@ def test_large_scale_ckd_configs_carry_the_paper_recipes(
 
 
 def test_pretrained_is_for_torchvision_models_only():
-    with pytest.raises(ConfigError, match="teacher.pretrained is for torchvision models"):
+    with pytest.raises(ConfigError, match="teacher.pretrained is for torchvision and timm models"):
         load_config(
             "imagenet/ckd/resnet50_MobileNetV1",
             ["teacher.name=resnet56", "teacher.checkpoint=null", "teacher.pretrained=true"],

@@ -191,6 +191,50 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_folder(args: argparse.Namespace) -> int:
+    from ckd.data.make_folder import make_fashion_mnist_folder
+
+    root = make_fashion_mnist_folder(
+        args.out, args.train_per_class, args.val_per_class, args.seed, args.source, args.force
+    )
+    print(
+        f"wrote {root}: {10 * args.train_per_class} train / {10 * args.val_per_class} val "
+        "Fashion-MNIST images (28x28 PNG, 10 class folders); train on it with data.name=folder "
+        f"data.root={root}"
+    )
+    return 0
+
+
+def _cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from ckd.models.pretrained import WeightsLocation
+
+    for name in args.models:
+        print(f"{name}: {WeightsLocation(name).fetch()}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ckd.export import ExportCheckError, export
+
+    try:
+        out, meta = export(args.source, args.format, args.out, args.force)
+    except ExportCheckError as e:
+        print(f"ckd: error: {e}", file=sys.stderr)
+        return 1
+    i, c = meta["input"], meta["check"]
+    shape = "x".join(map(str, i["shape"]))
+    print(
+        f"wrote {out} and {out.name}.json: {meta['model']} (epoch {meta['epoch']}), input "
+        f"float32 {shape} ({i['layout']}), normalised with mean {i['normalize']['mean']} std "
+        f"{i['normalize']['std']}, output logits Nx{meta['output']['shape'][1]}"
+    )
+    print(
+        f"checked with {c['checked_with']} against PyTorch on {c['batch'][0]} inputs: max "
+        f"|difference| {c['max_abs_diff']:.3g} (tolerance {c['tolerance']:.3g})"
+    )
+    return 0
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "info":
         from ckd.engine.cache import describe
@@ -320,6 +364,36 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--max-shapes", type=int, default=3, help="most shapes per image")
     ms.add_argument("--seed", type=int, default=0)
     ms.set_defaults(func=_cmd_make_shapes)
+
+    mf = sub.add_parser(
+        "make-folder",
+        help="write an image-folder dataset (ROOT/{train,val}/<class>/*.png) from Fashion-MNIST",
+    )
+    mf.add_argument("--out", default="data/fmnist_folder", help="dataset folder to write")
+    mf.add_argument("--train-per-class", type=int, default=600, help="training images per class")
+    mf.add_argument("--val-per-class", type=int, default=100, help="val images per class")
+    mf.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    mf.add_argument("--source", default=None, help="folder of the Fashion-MNIST IDX files")
+    mf.add_argument("--force", action="store_true", help="replace an existing --out")
+    mf.set_defaults(func=_cmd_make_folder)
+
+    fw = sub.add_parser(
+        "fetch-weights",
+        help="download the published weights of tv:/timm: models into the local caches",
+    )
+    fw.add_argument("models", nargs="+", help="e.g. tv:resnet18 timm:deit_tiny_patch16_224")
+    fw.set_defaults(func=_cmd_fetch_weights)
+
+    ex = sub.add_parser(
+        "export", help="write a run's student as ONNX, TorchScript or safetensors, checked"
+    )
+    ex.add_argument("source", help="a run folder (its last.pt) or a checkpoint of a run")
+    ex.add_argument("--format", required=True, choices=["onnx", "torchscript", "safetensors"])
+    ex.add_argument(
+        "--out", default=None, help="output file (default: the checkpoint's, e.g. last.onnx)"
+    )
+    ex.add_argument("--force", action="store_true", help="replace existing output files")
+    ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
     c.add_argument("action", choices=["build", "info"])

@@ -55,6 +55,12 @@ class DataConfig:
     # (ckd.data.fast); needed by run.teacher_cache.
     loader: Literal["standard", "fast"] = "standard"
     aug_seed: int | None = None  # fast loader: seed of the augmentation draws (null: run.seed)
+    # name=folder only (your own images, ckd.data.folder; null: the defaults said there):
+    image_size: int | None = None  # side of the square model input (<= 64: CIFAR-style crops)
+    channels: int | None = None  # 1 (greyscale) or 3 (RGB)
+    val_fraction: float | None = None  # no ROOT/val: hold out this fraction of each class
+    mean: list[float] | None = None  # per-channel normalisation (null: ImageNet's)
+    std: list[float] | None = None
 
 
 @dataclass
@@ -66,8 +72,9 @@ class ModelConfig:
     # neither; null: the dataset's normalisation.
     input_mean: list[float] | None = None
     input_std: list[float] | None = None
-    # tv:<name> only: torchvision's published ImageNet weights, downloaded (online) into
-    # torch's cache. Offline, download the .pth elsewhere and give it as checkpoint instead.
+    # tv:<name> / timm:<name>: the published (ImageNet) weights, read from the local cache
+    # (torch hub's, Hugging Face's; ckd.models.pretrained), never downloaded by a run
+    # (`ckd fetch-weights NAME` does that). Another class count gets a new head.
     pretrained: bool = False
 
 
@@ -225,6 +232,7 @@ class Config(BaseConfig):
 
     def validate(self) -> None:
         from ckd.data import DATASETS
+        from ckd.data.folder import data_options_channels
         from ckd.models import MODELS
 
         d = self.data
@@ -232,6 +240,7 @@ class Config(BaseConfig):
             d.name in DATASETS,
             f"data.name: unknown dataset {show(d.name)}; known: {', '.join(DATASETS)}",
         )
+        channels = data_options_channels(d)
         for role in ("student", "teacher"):
             m = getattr(self, role)
             if m is None:
@@ -242,8 +251,9 @@ class Config(BaseConfig):
             )
             if m.pretrained:
                 _require(
-                    m.name.startswith("tv:"),
-                    f"{role}.pretrained is for torchvision models (tv:<name>); got {show(m.name)}",
+                    m.name.startswith(("tv:", "timm:")),
+                    f"{role}.pretrained is for torchvision and timm models (tv:<name>, "
+                    f"timm:<name>); got {show(m.name)}",
                 )
                 _require(
                     m.checkpoint is None,
@@ -255,11 +265,10 @@ class Config(BaseConfig):
                 f"{'input_mean' if m.input_std is None else 'input_std'}",
             )
             if m.input_mean is not None and m.input_std is not None:
-                channels = DATASETS.get(d.name).info.in_channels
                 for key in ("input_mean", "input_std"):
                     v = getattr(m, key)
                     _require(
-                        len(v) == channels,
+                        channels is None or len(v) == channels,
                         f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; "
                         f"got {show(v)}",
                     )

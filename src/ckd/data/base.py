@@ -1,13 +1,20 @@
 """Dataset descriptions, the dataset registry and :func:`build_dataset`.
 
 Every dataset yields ``(image, target)`` pairs where ``image`` is a normalised
-``float32`` tensor of shape ``[C, 32, 32]`` and ``target`` an ``int`` class index.
+``float32`` tensor of shape ``[C, S, S]`` (``S = DatasetInfo.image_size``) and ``target`` an
+``int`` class index.
+
+Most datasets are fixed (CIFAR, Fashion-MNIST, ImageNet: their :class:`DatasetInfo` is known in
+advance). A *configurable* one (``folder``: the user's own images) learns its classes, channels
+and image size from the data config and the files: its spec has a ``configure`` function and
+:func:`resolve_dataset` turns a data config into the concrete spec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -48,11 +55,14 @@ Builder = Callable[[str | None, bool, bool, bool, bool], Dataset]
 class DatasetSpec:
     """What :data:`DATASETS` holds per name: the dataset's info and its builder.
 
-    ``build(root, train, augment, download, verify)`` returns the dataset.
+    ``build(root, train, augment, download, verify)`` returns the dataset. A configurable
+    dataset registers ``info=None`` and ``configure(data_config) -> DatasetSpec``, which reads
+    the config's fields (``root``, ``image_size``, ...) and returns the concrete spec.
     """
 
-    info: DatasetInfo
+    info: DatasetInfo | None
     build: Builder
+    configure: Callable[[Any], DatasetSpec] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -64,8 +74,25 @@ def dataset_names() -> list[str]:
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of ``name``; unknown names raise ``UnknownNameError``."""
-    return DATASETS.get(name).info
+    """The :class:`DatasetInfo` of the fixed dataset ``name``; unknown names raise
+    ``UnknownNameError``, a configurable one (``folder``) ``ValueError`` (use
+    :func:`resolve_dataset` with its data config)."""
+    info = DATASETS.get(name).info
+    if info is None:
+        raise ValueError(f"dataset {name!r} is read from its data config: use resolve_dataset")
+    return info
+
+
+def resolve_dataset(cfg: Any) -> DatasetSpec:
+    """The concrete :class:`DatasetSpec` of a data config (``cfg.name`` and, for a configurable
+    dataset, the fields its ``configure`` reads). A fixed dataset's spec is returned as it is.
+
+    Raises:
+        UnknownNameError: ``cfg.name`` is not registered.
+        DataNotFoundError: a configurable dataset's files are not there.
+    """
+    spec = DATASETS.get(cfg.name)
+    return spec.configure(cfg) if spec.configure is not None else spec
 
 
 def build_dataset(

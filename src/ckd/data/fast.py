@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -195,28 +196,78 @@ def _as_nchw(data: Any) -> Tensor:
     raise ValueError(f"its .data has shape {tuple(t.shape)}")
 
 
+#: Share of the free memory (host, or the GPU's) that the fast path may fill with a dataset
+#: read from files.
+MEMORY_SHARE = 0.5
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (the host's available memory for the CPU); None if unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(nbytes: int, device: torch.device) -> None:
+    free = free_memory(device)
+    if free is not None and nbytes > MEMORY_SHARE * free:
+        raise ValueError(
+            f"its images need {nbytes / 2**30:.1f} GiB as uint8, more than "
+            f"{MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB free on {device.type}"
+        )
+
+
 def memory_data(dataset: Dataset, device: torch.device | str = "cpu", name: str = "") -> MemoryData:
     """Hold ``dataset`` (a split of an in-memory dataset, possibly a subset, possibly wrapped
     by the engine's ``IndexedDataset``) as a :class:`MemoryData` on ``device``.
 
+    A dataset kept as files (one with ``read_uint8``, ``stored_size`` and ``mode``: the
+    ``folder`` dataset) is decoded here, once, after its transform and the memory it needs
+    (at most :data:`MEMORY_SHARE` of the free memory) were checked.
+
     Raises:
-        ConfigError: the dataset keeps no uint8 ``.data`` or has a transform that cannot be
-            replayed on the device (use ``data.loader=standard`` then).
+        ConfigError: the dataset keeps no uint8 ``.data``, has a transform that cannot be
+            replayed on the device, or would not fit (use ``data.loader=standard`` then).
     """
     base, indices = _unwrap(dataset)
     what = name or type(base).__name__
+    files = hasattr(base, "read_uint8")  # kept as files (folder): decoded here, once
+    targets = torch.as_tensor(np.asarray(base.targets, dtype=np.int64))
+    if indices is not None:
+        targets = targets[torch.from_numpy(indices)]
     try:
-        images = _as_nchw(getattr(base, "data", None))
-        aug = replay_spec(getattr(base, "transform", None), tuple(images.shape[-2:]))
+        if files:  # check the transform and the memory before decoding every file
+            size = base.stored_size
+            if size is None:
+                raise ValueError(
+                    "its training images are cut by random resized crops (ImageNet style, "
+                    "image_size > 64), which the fast path does not replay"
+                )
+            aug = replay_spec(base.transform, (size, size))
+            channels = 1 if base.mode == "L" else 3
+            _check_fits(len(targets) * channels * size * size, torch.device(device))
+        else:
+            images = _as_nchw(getattr(base, "data", None))
+            aug = replay_spec(getattr(base, "transform", None), tuple(images.shape[-2:]))
     except ValueError as e:
         raise ConfigError(
             f"data.loader=fast: {what} cannot be held in memory and replayed on the device "
             f"({e}); use data.loader=standard"
         ) from None
-    targets = torch.as_tensor(np.asarray(base.targets, dtype=np.int64))
-    if indices is not None:
-        index = torch.from_numpy(indices)
-        images, targets = images[index], targets[index]
+    if files:
+        images = _as_nchw(torch.from_numpy(base.read_uint8(indices)))
+    elif indices is not None:
+        images = images[torch.from_numpy(indices)]
     images = images.contiguous()
     if aug.pre_pad:
         images = F.pad(images, [aug.pre_pad] * 4, value=0)

@@ -38,14 +38,21 @@ IMAGENET_INFO = DatasetInfo("imagenet", 1000, 3, 224, IMAGENET_MEAN, IMAGENET_ST
 PLACES365_INFO = DatasetInfo("places365", 365, 3, 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def imagenet_transform(train: bool, augment: bool = True, size: int = 224) -> T.Compose:
+def imagenet_transform(
+    train: bool,
+    augment: bool = True,
+    size: int = 224,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> T.Compose:
     """``RandomResizedCrop(size)`` + flip for training; resize ``size * 8/7`` (256 for 224) and
-    centre crop ``size`` otherwise; then ``ToTensor`` and the ImageNet normalisation."""
+    centre crop ``size`` otherwise; then ``ToTensor`` and ``Normalize(mean, std)`` (ImageNet's by
+    default)."""
     if train and augment:
         steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
     else:
         steps = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
 def load_image(path: str) -> Image.Image:

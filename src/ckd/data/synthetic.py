@@ -163,3 +163,37 @@ def make_fake_fashion_mnist(
         write_idx(root / f"{images_name}.gz", _fashion_images(labels, shapes, levels, rng))
         write_idx(root / f"{labels_name}.gz", labels.astype(np.uint8))
     return root
+
+
+def make_fake_image_folder(
+    root: str | Path,
+    num_classes: int = 3,
+    per_class: int = 8,
+    val_per_class: int | None = 2,
+    size: int | tuple[int, int] = 20,
+    channels: int = 3,
+    fmt: str = "png",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny ``folder`` dataset, ``root/{train,val}/class_<k>/<i>.<fmt>``, and return
+    ``root``. Each class has its own colour (or grey level) plus noise, so a model can learn it;
+    ``size`` is ``(width, height)`` or a square side; ``val_per_class=None`` writes no val
+    folder."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    width, height = (size, size) if isinstance(size, int) else size
+    levels = np.linspace(30, 225, num_classes)
+    colours = rng.uniform(30.0, 225.0, size=(num_classes, 3))
+    from PIL import Image
+
+    splits = {"train": per_class} | ({"val": val_per_class} if val_per_class else {})
+    for split, count in splits.items():
+        for k in range(num_classes):
+            folder = root / split / f"class_{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = levels[k] if channels == 1 else colours[k]
+                shape = (height, width) if channels == 1 else (height, width, 3)
+                noisy = np.clip(base + rng.normal(0.0, 20.0, size=shape), 0, 255)
+                Image.fromarray(noisy.astype(np.uint8)).save(folder / f"{i}.{fmt}")
+    return root

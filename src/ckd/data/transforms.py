@@ -19,16 +19,21 @@ FASHION_MNIST_PAD = 2
 
 
 def cifar_transform(
-    mean: Sequence[float], std: Sequence[float], train: bool, augment: bool
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    augment: bool,
+    size: int = 32,
+    padding: int = 4,
 ) -> Transform:
-    """PIL ``[32, 32, 3]`` -> float ``[3, 32, 32]``.
+    """PIL ``[size, size, C]`` -> float ``[C, size, size]`` (CIFAR: 32, padding 4).
 
-    Training with ``augment``: ``RandomCrop(32, padding=4)`` (zero padding) and
+    Training with ``augment``: ``RandomCrop(size, padding=padding)`` (zero padding) and
     ``RandomHorizontalFlip``; always ``ToTensor`` and ``Normalize(mean, std)``.
     """
     steps: list[Callable] = []
     if train and augment:
-        steps += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
+        steps += [T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()]
     steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     return T.Compose(steps)
 

@@ -183,6 +183,7 @@ class Trainer:
             "teacher": s.teacher,
             "seconds": s.seconds + time.perf_counter() - self._started,
             "config": self.cfg.to_dict(),
+            **self.task.checkpoint_extras(),  # e.g. the dataset's facts (export needs no data)
             "rng": rng_state(),
         }
 

@@ -165,13 +165,16 @@ class Method(nn.Module):
     """A distillation method: ``forward(batch) -> {term name: weighted scalar}``.
 
     Subclasses set :attr:`Options`, :attr:`description`, :attr:`paper`, and
-    :attr:`needs_teacher` / :attr:`needs_features` / :attr:`tasks` when they differ from the
-    defaults.
+    :attr:`needs_teacher` / :attr:`needs_features` / :attr:`embedding_only` / :attr:`tasks` when
+    they differ from the defaults.
     """
 
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False
+    # a feature method that reads only the pooled embedding [B, D], not the convolutional stage
+    # maps [B, C, H, W] (so it also serves vision transformers, which have no such maps)
+    embedding_only: ClassVar[bool] = False
     needs_preact: ClassVar[bool] = False  # also the pre-ReLU stage maps (implies features)
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     description: ClassVar[str] = ""

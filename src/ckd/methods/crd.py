@@ -73,6 +73,7 @@ def draw_negatives(index: torch.Tensor, num_data: int, k: int) -> torch.Tensor:
 class CRD(Method):
     Options = CRDOptions
     needs_features = True
+    embedding_only = True  # reads the embedding, no stage map
     description = "NCE contrast of embeddings against memory banks over the whole training set"
     paper = "Tian et al., Contrastive Representation Distillation, ICLR 2020"
 

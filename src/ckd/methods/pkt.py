@@ -28,6 +28,7 @@ class PKTOptions(MethodOptions):
 class PKT(Method):
     Options = PKTOptions
     needs_features = True
+    embedding_only = True  # reads the embedding, no stage map
     description = "KL between cosine-kernel conditional probability distributions of embeddings"
     paper = (
         "Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge "

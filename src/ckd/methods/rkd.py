@@ -33,6 +33,7 @@ class RKDOptions(MethodOptions):
 class RKD(Method):
     Options = RKDOptions
     needs_features = True
+    embedding_only = True  # reads the embedding, no stage map
     description = "matches normalised pairwise distances and triplet angles of embeddings"
     paper = "Park et al., Relational Knowledge Distillation, CVPR 2019"
 

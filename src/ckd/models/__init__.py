@@ -28,7 +28,7 @@ from ckd.models import (  # noqa: F401
     wrn,
 )
 from ckd.models.common import MODELS, ZooModel
-from ckd.models.external import PREFIXES, is_external, torchvision_names
+from ckd.models.external import PREFIXES, external_factory, is_external, torchvision_names
 from ckd.models.features import (
     FeatureExtractor,
     feature_names,
@@ -39,10 +39,16 @@ from ckd.models.normalize import Renormalize
 from ckd.models.weights import count_parameters, extract_state_dict, load_weights
 
 
-def create_model(name: str, num_classes: int = 100, in_channels: int = 3) -> nn.Module:
+def create_model(
+    name: str, num_classes: int = 100, in_channels: int = 3, image_size: int | None = None
+) -> nn.Module:
     """Build zoo model ``name``, or ``tv:<torchvision name>`` / ``timm:<timm name>`` with random
     weights; an unknown name raises ``ckd.registry.UnknownNameError`` (listing the zoo names and
-    the prefixes), as does a ``timm:`` name when timm is not installed."""
+    the prefixes), as does a ``timm:`` name when timm is not installed. ``image_size`` (the
+    input side) reaches the timm models that take an ``img_size`` (vision transformers); the zoo
+    models are made for 32x32 images."""
+    if is_external(name):
+        return external_factory(name)(num_classes, in_channels, image_size)
     return MODELS.get(name)(num_classes, in_channels)
 
 

@@ -2,10 +2,13 @@
 
 ``tv:resnet34``, ``tv:mobilenet_v3_small``, ... are torchvision's classification models, built
 with ``weights=None`` (random weights, nothing is downloaded) and ``num_classes``;
-``timm:<name>`` are timm's, built with ``pretrained=False`` when timm is installed (it is not a
-dependency of this package). Another number of input channels than 3 (Fashion-MNIST's 1) is met
-by adapting the first convolution. These models run on the datasets' 32x32 images unchanged (the
-common CNNs end with a global pooling); one that cannot is reported when it is built.
+``timm:<name>`` are timm's, built with ``pretrained=False`` when timm is installed (an optional
+dependency: ``pip install ckd-distill[timm]``). Another number of input channels than 3
+(Fashion-MNIST's 1) is met by adapting the first convolution. The common CNNs end with a global
+pooling and run on any image size; a timm model that takes ``img_size`` (ViT, DeiT, ...) is built
+for the dataset's (e.g. ``img_size=32``: 2x2 patches of 16 px), others as they are. A model that
+cannot run on the dataset's images is reported when it is built. Published weights:
+:mod:`ckd.models.pretrained`.
 
 They name no feature stages: :func:`ckd.models.features.infer_stage_names` finds them by hooks.
 The zoo registry :data:`ckd.models.MODELS` resolves the prefixed names (see
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +32,10 @@ TV_PREFIX = "tv:"
 TIMM_PREFIX = "timm:"
 PREFIXES = (TV_PREFIX, TIMM_PREFIX)
 PREFIX_HELP = "or tv:<torchvision classification model> (e.g. tv:resnet18), timm:<timm model>"
+TIMM_INSTALL = (
+    "timm is not installed; pip install 'ckd-distill[timm]' (or pip install timm), or use a "
+    "torchvision model, tv:<name>"
+)
 
 # torchvision builders whose default (weights=None) model has auxiliary heads: their training
 # forward would return a tuple instead of logits
@@ -89,8 +97,11 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     return model
 
 
-def build_torchvision(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """torchvision classification model ``arch`` with random weights and ``num_classes``."""
+def build_torchvision(
+    arch: str, num_classes: int, in_channels: int = 3, image_size: int | None = None
+) -> nn.Module:
+    """torchvision classification model ``arch`` with random weights and ``num_classes``
+    (``image_size`` is not used: torchvision's models take any size, or a fixed one)."""
     import torchvision.models as tvm
 
     kwargs: dict = {"weights": None, "num_classes": num_classes}
@@ -102,16 +113,36 @@ def build_torchvision(arch: str, num_classes: int, in_channels: int = 3) -> nn.M
     return model
 
 
-def build_timm(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """timm model ``arch``, never pretrained (nothing is downloaded)."""
+def create_timm(arch: str, image_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(arch, **kwargs)``, with ``img_size=image_size`` when ``image_size``
+    differs from the model's default input size and the model takes ``img_size`` (vision
+    transformers do; CNNs, which take any size, do not)."""
     import timm
 
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    cfg = timm.models.get_pretrained_cfg(arch)
+    default = cfg.input_size[-1] if cfg is not None and cfg.input_size else None
+    if image_size is not None and image_size != default:
+        try:
+            return timm.create_model(arch, img_size=image_size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+    return timm.create_model(arch, **kwargs)
 
 
-def external_factory(name: str) -> Callable[[int, int], nn.Module]:
-    """The factory ``f(num_classes, in_channels)`` of a prefixed name; an unknown one raises
-    :class:`~ckd.registry.UnknownNameError` with a one-line reason."""
+def build_timm(
+    arch: str, num_classes: int, in_channels: int = 3, image_size: int | None = None
+) -> nn.Module:
+    """timm model ``arch``, never pretrained (nothing is downloaded), for ``image_size`` images
+    when it takes an ``img_size`` (:func:`create_timm`)."""
+    return create_timm(
+        arch, image_size, pretrained=False, num_classes=num_classes, in_chans=in_channels
+    )
+
+
+def external_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory ``f(num_classes, in_channels, image_size=None)`` of a prefixed name; an
+    unknown one raises :class:`~ckd.registry.UnknownNameError` with a one-line reason."""
     if name.startswith(TV_PREFIX):
         arch = name[len(TV_PREFIX) :]
         known = torchvision_names()
@@ -122,10 +153,7 @@ def external_factory(name: str) -> Callable[[int, int], nn.Module]:
         return functools.partial(build_torchvision, arch)
     arch = name[len(TIMM_PREFIX) :]
     if not timm_available():
-        raise UnknownNameError(
-            f"model {name!r} needs timm, which is not installed (pip install timm); "
-            "torchvision models are available as tv:<name>"
-        )
+        raise UnknownNameError(f"model {name!r} needs timm: {TIMM_INSTALL}")
     import timm
 
     if not timm.is_model(arch):

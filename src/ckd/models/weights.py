@@ -1,9 +1,10 @@
 """Parameter counting and checkpoint loading (ours and the RepDistiller / mdistiller teachers).
 
-Accepted sources: a path (loaded with ``torch.load(..., weights_only=True)``), or an
-in-memory mapping. The mapping may be a raw state dict, ``{"model": sd, ...}`` (reference
-teachers and our own checkpoints) or ``{"state_dict": sd, ...}``; a leading ``"module."``
-(DataParallel / DDP) prefix on the keys is stripped.
+Accepted sources: a path (a ``.safetensors`` file, read with safetensors; any other file with
+``torch.load(..., weights_only=True)``), or an in-memory mapping. The mapping may be a raw
+state dict, ``{"model": sd, ...}`` (reference teachers and our own checkpoints) or
+``{"state_dict": sd, ...}``; a leading ``"module."`` (DataParallel / DDP) prefix on the keys is
+stripped.
 
 mdistiller's ``cifar_teachers.tar`` is a plain tar archive: extract it and pass one of its
 ``<name>_vanilla/ckpt_epoch_240.pth`` files (a ``{"model": state_dict, ...}`` dict).
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ckd.errors import CheckpointError, cut
+from ckd.errors import CheckpointError, cut, one_line
 from ckd.integrity import CHECKSUM_KEY, payload_sha256
 
 _WRAPPER_KEYS = ("model", "state_dict")
@@ -41,6 +42,28 @@ def _numpy_scalar_globals() -> list[Any]:
     scalar = core.multiarray.scalar
     dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     return [scalar, np.dtype, *dtypes]
+
+
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (a flat state dict; no code is run to read it).
+
+    Raises:
+        CheckpointError: safetensors is not installed, or the file is not a safetensors file.
+    """
+    try:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)"
+        ) from None
+    try:
+        return load_file(os.fspath(path), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {one_line(e)}") from None
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
@@ -91,7 +114,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
 
 
 def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
-    return source if isinstance(source, Mapping) else read_checkpoint(source)
+    if isinstance(source, Mapping):
+        return source
+    if os.fspath(source).endswith(SAFETENSORS_SUFFIX):
+        return read_safetensors(source)
+    return read_checkpoint(source)
 
 
 def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -51,6 +51,11 @@ class Task:
         """The student's and the teacher's names (for results)."""
         raise NotImplementedError
 
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """Entries a checkpoint carries beside the run's state (e.g. the dataset's facts, so
+        that the student can be rebuilt without the data)."""
+        return {}
+
 
 TASKS: Registry[type[Task]] = Registry("task")
 

@@ -9,6 +9,7 @@ augmented on the device (``fast``, :class:`~ckd.engine.loaders.MemoryLoader`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ckd.config import Config, ModelConfig
-from ckd.data import DatasetInfo, build_dataset, dataset_info, subset
+from ckd.config import Config, DataConfig, ModelConfig
+from ckd.data import DatasetInfo, resolve_dataset, subset
 from ckd.data.fast import memory_data
 from ckd.engine.distributed import shard
 from ckd.engine.evaluate import evaluate
@@ -26,6 +27,8 @@ from ckd.errors import CheckpointError, ConfigError
 from ckd.methods import METHODS, Distiller, Setup, Shapes
 from ckd.methods.base import network_shapes
 from ckd.models import Renormalize, create_model, is_external, load_weights
+from ckd.models.pretrained import create_pretrained
+from ckd.schema import build
 from ckd.tasks import TASKS, Task
 
 
@@ -34,11 +37,12 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     when given. With ``model.input_mean`` / ``input_std`` the network is wrapped in
     :class:`~ckd.models.Renormalize` (after loading, and with the same state-dict keys), so it
     sees the dataset's images normalised its own way."""
-    if model.pretrained:
-        net = _torchvision_pretrained(model.name, info)
+    size = info.image_size
+    if model.pretrained:  # the published weights, from the local cache; a new head if needed
+        net = create_pretrained(model.name, info.num_classes, info.in_channels, size)
     else:
-        net = create_model(model.name, num_classes=info.num_classes, in_channels=info.in_channels)
-    if is_external(model.name):  # a foreign model may not run on small images: say so now
+        net = create_model(model.name, info.num_classes, info.in_channels, size)
+    if is_external(model.name) or size != 32:  # it may not run on these images: say so now
         blank = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
         modes = {m: m.training for m in net.modules()}
         try:
@@ -68,25 +72,6 @@ def build_model(model: ModelConfig, info: DatasetInfo) -> nn.Module:
     return net
 
 
-def _torchvision_pretrained(name: str, info: DatasetInfo) -> nn.Module:
-    """``tv:<arch>`` with torchvision's default published weights (a download when online)."""
-    import torchvision.models as tvm
-
-    arch = name.split(":", 1)[1]
-    if info.num_classes != 1000 or info.in_channels != 3:
-        raise ConfigError(
-            f"{name}: pretrained weights are for 1000 ImageNet classes on RGB images; "
-            f"{info.name} has {info.num_classes} classes, {info.in_channels} channel(s)"
-        )
-    try:
-        return tvm.get_model(arch, weights="DEFAULT")
-    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError
-        raise ConfigError(
-            f"{name}: could not get torchvision's pretrained weights ({str(e)[:120]}); offline, "
-            "download the .pth elsewhere and give it as checkpoint"
-        ) from None
-
-
 def build_distiller(cfg: Config, info: DatasetInfo, num_train: int) -> Distiller:
     """The configured method(s) around a fresh student and the (frozen) teacher.
 
@@ -103,17 +88,44 @@ def build_distiller(cfg: Config, info: DatasetInfo, num_train: int) -> Distiller
         shapes["student"] = network_shapes(student, info.num_classes, blank)
         if teacher is not None:
             shapes["teacher"] = network_shapes(teacher, info.num_classes, blank)
+        check_stage_maps(cfg, shapes)
     setup = Setup(info.num_classes, num_train, **shapes)
     methods = [cls(p.options, setup) for cls, p in zip(classes, parts, strict=True)]
     return Distiller(student, teacher, methods)
 
 
+def check_stage_maps(cfg: Config, shapes: dict[str, Shapes | None]) -> None:
+    """Refuse a method that reads convolutional stage maps on a network that has fewer than two
+    (a vision transformer: its only ``[B, C, H, W]`` map is the patch embedding; its blocks give
+    token sequences)."""
+    readers = [
+        p.name
+        for p in cfg.method.parts()
+        if METHODS.get(p.name).needs_features and not METHODS.get(p.name).embedding_only
+    ]
+    if not readers:
+        return
+    for role in ("student", "teacher"):
+        found, model = shapes[role], getattr(cfg, role)
+        if found is not None and model is not None and len(found.feats) < 2:
+            logit = [n for n, c in METHODS.items() if not c.needs_features and c.needs_teacher]
+            embed = [n for n, c in METHODS.items() if c.needs_features and c.embedding_only]
+            raise ConfigError(
+                f"{role} {model.name} has no convolutional stage maps (e.g. a vision "
+                f"transformer: its blocks give token sequences), which method {readers[0]!r} "
+                f"reads; use a logit method ({', '.join(logit)}) or one reading the embedding "
+                f"({', '.join(embed)})"
+            )
+
+
 def datasets(cfg: Config) -> tuple[DatasetInfo, Any, Any]:
     """The dataset's facts and its training (augmented, subset) and test splits."""
     d = cfg.data
-    info = dataset_info(d.name)
-    train = build_dataset(d.name, d.root, True, d.augment, d.download, verify=d.verify)
-    test = build_dataset(d.name, d.root, False, False, d.download, verify=d.verify)
+    spec = resolve_dataset(d)  # a folder dataset reads its classes, channels, size here
+    assert spec.info is not None
+    info = spec.info
+    train = spec.build(d.root, True, d.augment, d.download, d.verify)
+    test = spec.build(d.root, False, False, d.download, d.verify)
     for split, dataset, n in (("train", train, d.train_subset), ("test", test, d.test_subset)):
         if n is not None and n > len(dataset):
             raise ConfigError(
@@ -166,8 +178,15 @@ def checkpoint_model(
         input_std=student.get("input_std") if same else None,
     )
     root = data_root if data_root is not None else saved_data.get("root")
-    net = build_model(model_cfg, dataset_info(data_name))
-    test = subset(build_dataset(data_name, root, train=False, augment=False), test_subset)
+    # the run's own data settings (a folder's image size, channels, split), for its dataset
+    own = {k: v for k, v in saved_data.items() if k in DataConfig.__dataclass_fields__}
+    same_data = data_name == saved_data.get("name")
+    spec = resolve_dataset(
+        build(DataConfig, {**(own if same_data else {}), "name": data_name, "root": root}, "data")
+    )
+    assert spec.info is not None
+    net = build_model(model_cfg, spec.info)
+    test = subset(spec.build(root, False, False, False), test_subset)
     return net, model_name, data_name, test
 
 
@@ -252,6 +271,11 @@ class Classification(Task):
     def model_names(self) -> tuple[str, str | None]:
         teacher = self.cfg.teacher
         return self.cfg.student.name, teacher.name if teacher is not None else None
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """The dataset's facts (classes, channels, size, mean/std): `ckd export` rebuilds the
+        student from them without the data."""
+        return {"dataset": dataclasses.asdict(self.info)}
 
 
 class _Reiterable:

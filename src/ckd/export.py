@@ -1,0 +1,361 @@
+"""``ckd export``: a trained student alone, as ONNX, TorchScript or safetensors, checked.
+
+The student of a run (its ``last.pt``, or any checkpoint of ours) is rebuilt from the config and
+dataset facts saved in the checkpoint (no data needed), with the input-normalisation wrapper
+(:class:`~ckd.models.Renormalize`) when the run gave the student ``input_mean`` /
+``input_std``, and written as
+
+- ``onnx``: ``torch.onnx.export`` (the TorchScript-based exporter, opset :data:`ONNX_OPSET`),
+  input ``input`` ``[N, C, S, S]`` with a free batch dimension, output ``logits`` ``[N, K]``;
+  checked with onnxruntime (``pip install 'ckd-distill[onnx]'``);
+- ``torchscript``: ``torch.jit.trace`` and ``torch.jit.save``; checked with ``torch.jit.load``;
+- ``safetensors``: the student's state dict (the bare network's keys, as a ``teacher.checkpoint``
+  or ``load_weights`` reads them); checked by loading it into a freshly built model.
+
+The check runs the exported model and the PyTorch one on the same batch of
+:data:`CHECK_BATCH` normalised inputs drawn from N(0, 1) (seed 0; a batch size other than the
+one traced, so a batch dimension baked in by tracing is caught) and requires the largest
+absolute difference of the logits to be at most ``TOLERANCE * max(1, max |logit|)``; the
+difference is printed. A failed check removes what was written.
+
+Beside the model, ``<out>.json`` says what the model expects and gives: the input's shape,
+dtype, channel order, pixel range and normalisation, the test-time preprocessing of the
+images, the classes, and the check's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ckd.data import DatasetInfo
+from ckd.errors import ConfigError, one_line
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
+ONNX_OPSET = 17
+CHECK_BATCH = 3
+TRACE_BATCH = 2
+#: The check's tolerance, relative to the logits' scale: max |diff| <= TOLERANCE * max(1, |ref|).
+TOLERANCE = 1e-4
+ONNX_INSTALL = "pip install 'ckd-distill[onnx]' (onnx and onnxruntime)"
+
+
+class ExportCheckError(RuntimeError):
+    """The exported model's outputs differ from PyTorch's beyond the tolerance."""
+
+
+@dataclass
+class Student:
+    """A run's student, ready to export: the network (eval mode, on the CPU) and its facts."""
+
+    model: nn.Module
+    name: str
+    info: DatasetInfo
+    checkpoint: Path
+    epoch: int | None
+    input_mean: list[float] | None
+    input_std: list[float] | None
+
+    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, self.info.in_channels, self.info.image_size, self.info.image_size)
+
+
+def find_checkpoint(source: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``last.pt`` (the last epoch: the one reported)."""
+    p = Path(source)
+    if p.is_dir():
+        if not (p / "last.pt").is_file():
+            raise ConfigError(f"{p} is a folder without last.pt; give a run folder or a checkpoint")
+        return p / "last.pt"
+    if not p.is_file():
+        raise ConfigError(f"{str(p)!r} does not exist; give a run folder or a checkpoint file")
+    return p
+
+
+def _dataset_info(ckpt: dict[str, Any], path: Path) -> DatasetInfo:
+    """The dataset facts the checkpoint carries (runs since ``folder`` data), else the fixed
+    dataset's, else the folder's read again from the saved data config."""
+    saved = ckpt.get("dataset")
+    if isinstance(saved, dict):
+        fields = dict(saved)
+        for key in ("mean", "std", "classes"):
+            if fields.get(key) is not None:
+                fields[key] = tuple(fields[key])
+        return DatasetInfo(**fields)
+    from ckd.config import DataConfig
+    from ckd.data import resolve_dataset
+    from ckd.schema import build
+
+    data = dict((ckpt.get("config") or {}).get("data") or {})
+    own = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__}
+    spec = resolve_dataset(build(DataConfig, own, "data"))
+    assert spec.info is not None
+    return spec.info
+
+
+def load_student(source: str | Path) -> Student:
+    """The student of a run folder or checkpoint of ours, with its trained weights.
+
+    Raises:
+        ConfigError: no such file, not a checkpoint of ours, or weights that do not fit.
+    """
+    from ckd.config import ModelConfig
+    from ckd.engine.checkpoint import load_checkpoint
+    from ckd.models import load_weights
+    from ckd.tasks.classification import build_model
+
+    path = find_checkpoint(source)
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - not a checkpoint, or weights_only refuses it
+        raise ConfigError(f"{path}: cannot be read as a checkpoint: {one_line(e)}") from None
+    task = ckpt.get("task") or (ckpt.get("config") or {}).get("task") or "classification"
+    if task != "classification":
+        raise ConfigError(f"{path} is a {task} run; ckd export writes classification students")
+    student = (ckpt.get("config") or {}).get("student")
+    if not isinstance(student, dict) or "model" not in ckpt:
+        raise ConfigError(
+            f"{path} is not a checkpoint of a ckd run (no config / student weights); export "
+            "takes a run folder or its last.pt / best.pt"
+        )
+    info = _dataset_info(ckpt, path)
+    mean, std = student.get("input_mean"), student.get("input_std")
+    config = ModelConfig(student["name"], None, input_mean=mean, input_std=std)
+    model = build_model(config, info)
+    try:
+        load_weights(model, {"model": ckpt["model"]})
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"{path}: does not fit {student['name']}: {one_line(e)}") from None
+    return Student(model.eval(), student["name"], info, path, ckpt.get("epoch"), mean, std)
+
+
+def default_out(checkpoint: Path, fmt: str) -> Path:
+    """``runs/x/last.pt`` -> ``runs/x/last.onnx`` (``.torchscript``, ``.safetensors``)."""
+    return checkpoint.with_suffix(FORMATS[fmt])
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _preprocess(info: DatasetInfo) -> str:
+    """How a test image becomes the model's input, before normalisation."""
+    from ckd.data.folder import SMALL_MAX
+
+    s = info.image_size
+    if info.name == "fashion_mnist":
+        return "28x28 greyscale image zero-padded by 2 pixels a side to 32x32"
+    if info.name in ("cifar10", "cifar100"):
+        return "32x32 RGB image as it is"
+    if info.name == "folder" and s <= SMALL_MAX:
+        return f"resize the shorter side to {s} (bilinear), centre crop {s}x{s}"
+    return f"resize the shorter side to {round(s * 256 / 224)} (bilinear), centre crop {s}x{s}"
+
+
+def describe(student: Student, fmt: str, out: Path, check: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar: what the exported model expects and gives."""
+    info = student.info
+    channels = "grey" if info.in_channels == 1 else "RGB"
+    return {
+        "format": fmt,
+        "file": out.name,
+        "model": student.name,
+        "checkpoint": str(student.checkpoint),
+        "epoch": student.epoch,
+        "dataset": info.name,
+        "input": {
+            "name": "input",
+            "shape": ["N", info.in_channels, info.image_size, info.image_size],
+            "dtype": "float32",
+            "layout": f"NCHW, channels {channels}",
+            "preprocess": _preprocess(info),
+            "pixels": "uint8 / 255, in [0, 1]",
+            "normalize": {"mean": list(info.mean), "std": list(info.std)},
+            "formula": "input = (pixels - mean) / std, per channel",
+            "model_normalisation": _own_normalisation(student, fmt),
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["N", info.num_classes],
+            "meaning": "class scores (softmax for probabilities)",
+            "classes": list(info.classes) if info.classes else None,
+        },
+        "check": check,
+    }
+
+
+def _own_normalisation(student: Student, fmt: str) -> dict[str, Any] | None:
+    """The student's own input normalisation (``input_mean`` / ``input_std``), if it has one:
+    inside the exported model, or for the safetensors weights to be rebuilt with."""
+    if student.input_mean is None:
+        return None
+    where = (
+        "not in the file (bare network weights): build the model with input_mean/input_std"
+        if fmt == "safetensors"
+        else "inside the exported model, which re-normalises its input to these"
+    )
+    return {"mean": student.input_mean, "std": student.input_std, "applied": where}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters' and tracer's warnings (deprecations, trace constants) stay out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _onnx(student: Student, out: Path) -> Callable[[Tensor], Tensor]:
+    import onnxruntime as ort
+
+    example = torch.zeros(student.input_shape(TRACE_BATCH))
+    with _quiet():
+        torch.onnx.export(
+            student.model,
+            (example,),
+            str(out),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+        )
+    with contextlib.suppress(ImportError):
+        import onnx
+
+        onnx.checker.check_model(str(out))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def _torchscript(student: Student, out: Path) -> Callable[[Tensor], Tensor]:
+    example = torch.zeros(student.input_shape(TRACE_BATCH))
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(student.model, example, check_trace=False)
+        torch.jit.save(traced, str(out))
+        loaded = torch.jit.load(str(out), map_location="cpu").eval()
+    return loaded
+
+
+def _safetensors(student: Student, out: Path) -> Callable[[Tensor], Tensor]:
+    from safetensors.torch import save_file
+
+    from ckd.config import ModelConfig
+    from ckd.tasks.classification import build_model
+
+    state = {
+        k: v.detach().cpu().contiguous().clone() for k, v in student.model.state_dict().items()
+    }
+    meta = {"ckd_model": student.name, "ckd_dataset": json.dumps(_info_dict(student.info))}
+    save_file(state, str(out), metadata=meta)
+    # a fresh model of the same kind, loading the file (as teacher.checkpoint would)
+    config = ModelConfig(student.name, str(out), student.input_mean, student.input_std)
+    return build_model(config, student.info).eval()
+
+
+def _info_dict(info: DatasetInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "image_size": info.image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+    }
+
+
+WRITERS: dict[str, Callable[[Student, Path], Callable[[Tensor], Tensor]]] = {
+    "onnx": _onnx,
+    "torchscript": _torchscript,
+    "safetensors": _safetensors,
+}
+CHECKED_WITH = {
+    "onnx": "onnxruntime",
+    "torchscript": "torch.jit.load",
+    "safetensors": "a fresh model loading the file",
+}
+
+
+def _require_runtime(fmt: str) -> None:
+    if fmt == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"--format onnx needs onnxruntime to check the exported model: {ONNX_INSTALL}"
+            ) from None
+
+
+def compare(reference: nn.Module, exported: Callable[[Tensor], Tensor], shape: tuple) -> dict:
+    """Run both on one seeded N(0, 1) batch of ``shape``; the check's figures."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(x).float()
+        got = exported(x.clone())
+        got = got.float() if isinstance(got, Tensor) else torch.as_tensor(np.asarray(got))
+    if got.shape != want.shape:
+        raise ExportCheckError(
+            f"the exported model gives {list(got.shape)} for {list(shape)}, PyTorch "
+            f"{list(want.shape)}"
+        )
+    diff = float((got - want).abs().max())
+    bound = TOLERANCE * max(1.0, float(want.abs().max()))
+    return {"batch": list(shape), "max_abs_diff": diff, "tolerance": bound, "ok": diff <= bound}
+
+
+def export(
+    source: str | Path, fmt: str, out: str | Path | None = None, force: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """Export a run's student as ``fmt``; returns the model file and the sidecar's content.
+
+    Nothing is written unless the check passes (``out`` and ``<out>.json`` appear together).
+
+    Raises:
+        ConfigError: a bad format, source or output (an existing file without ``force``), or a
+            missing runtime.
+        ExportCheckError: the exported model's outputs differ beyond the tolerance.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    _require_runtime(fmt)
+    student = load_student(source)
+    target = Path(out) if out is not None else default_out(student.checkpoint, fmt)
+    side = sidecar_path(target)
+    for p in (target, side):
+        if p.exists() and not force:
+            raise ConfigError(f"{p} already exists; give another --out, or --force to replace it")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--out {target}: folder {target.parent} does not exist")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
+    try:
+        try:
+            exported = WRITERS[fmt](student, tmp)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ConfigError(
+                f"{student.name}: cannot be exported as {fmt}: {one_line(e)}"
+            ) from None
+        check = compare(student.model, exported, student.input_shape(CHECK_BATCH))
+        check["checked_with"] = CHECKED_WITH[fmt]
+        if not check["ok"]:
+            raise ExportCheckError(
+                f"the {fmt} model's logits differ from PyTorch's by up to "
+                f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}); nothing written"
+            )
+        meta = describe(student, fmt, target, check)
+        os.replace(tmp, target)
+        side.write_text(json.dumps(meta, indent=2) + "\n")
+        return target, meta
+    finally:
+        tmp.unlink(missing_ok=True)
