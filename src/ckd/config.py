@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -121,7 +122,10 @@ class RunConfig:
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
     out_dir: str | None = None  # default: runs/<config name>/seed<seed>
     tensorboard: bool = True
-    progress: bool = True  # progress bars (only on a terminal)
+    progress: bool = True  # progress bars on a terminal; elsewhere a line every progress_seconds
+    # Without a terminal (a log file, a pipe): seconds between progress lines within the metric
+    # rows (0: none).
+    progress_seconds: float = 60.0
     # Models and batches in channels_last memory format. auto: on (faster on CUDA and on the
     # CPU with oneDNN, see benchmarks/README.md).
     channels_last: bool | Literal["auto"] = "auto"
@@ -208,6 +212,10 @@ class BaseConfig:
     def check_files(self) -> None:
         """This task's checks of the files its values name."""
 
+    def check_data(self) -> None:
+        """A quick look whether the dataset's files are there (run before :meth:`check_files`
+        by ``ckd train``: missing data is the more basic problem than a missing teacher)."""
+
 
 @dataclass(kw_only=True)
 class Config(BaseConfig):
@@ -234,6 +242,7 @@ class Config(BaseConfig):
         from ckd.data import DATASETS
         from ckd.data.folder import data_options_channels
         from ckd.models import MODELS
+        from ckd.registry import UnknownNameError
 
         d = self.data
         _require(
@@ -245,10 +254,11 @@ class Config(BaseConfig):
             m = getattr(self, role)
             if m is None:
                 continue
-            _require(
-                m.name in MODELS,
-                f"{role}.name: unknown model {show(m.name)}; known: {', '.join(MODELS)}",
-            )
+            if m.name not in MODELS:
+                try:
+                    MODELS.get(m.name)  # raises the one-line error naming the known models
+                except UnknownNameError as e:
+                    raise ConfigError(f"{role}.name: {e}") from None
             if m.pretrained:
                 _require(
                     m.name.startswith(("tv:", "timm:")),
@@ -305,6 +315,13 @@ class Config(BaseConfig):
                     f"run.compile: method {feature_methods[0]!r} reads features through hooks, "
                     "which torch.compile would retrace every step; set run.compile=false"
                 )
+
+    def check_data(self) -> None:
+        from ckd.data import DATASETS
+
+        locate = DATASETS.get(self.data.name).locate
+        if locate is not None and not self.data.download:
+            locate(self.data.root)
 
     def check_files(self) -> None:
         for role in ("student", "teacher"):
@@ -502,14 +519,49 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> BaseConfig:
-    """Read, merge, override and validate a config file (or a shipped config's name)."""
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, files: bool = True
+) -> BaseConfig:
+    """Read, merge, override and validate a config file (or a shipped config's name);
+    ``files``: also check the files it names."""
     p = resolve_config_path(path)
     data = apply_overrides(read_yaml(p.resolve()), overrides or [])
     data.pop("source", None)
-    cfg = config_from_dict(data)
+    cfg = config_from_dict(data, files=files)
     cfg.source = str(p)
     return cfg
+
+
+def load_train_config(
+    config: str | os.PathLike[str] | Mapping[str, Any],
+    overrides: Sequence[str] | str = (),
+    files: bool = True,
+) -> BaseConfig:
+    """The config ``ckd train`` (and ``ckd.train``) runs: a YAML file or a shipped config's name
+    with ``overrides``; a run folder: its saved ``config.yaml`` with ``run.out_dir`` set to the
+    folder (to continue it with resume, or see what it ran); or a mapping of the sections,
+    ``overrides`` applied over it. ``files``: also check the files it names."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    if isinstance(config, Mapping):
+        cfg = config_from_dict(apply_overrides(dict(config), overrides), files=False)
+    else:
+        if Path(config).is_dir():
+            if not (Path(config) / "config.yaml").is_file():
+                raise ConfigError(f"{config} is a folder without config.yaml")
+            overrides = [f"run.out_dir={config}", *overrides]
+            config = Path(config) / "config.yaml"
+        cfg = load_config(config, overrides, files=False)
+    if files:
+        check_files(cfg, data=True)
+    return cfg
+
+
+def config_yaml(cfg: BaseConfig) -> str:
+    """The config as the YAML a run saves (``config.yaml``), which loads back to the same
+    config; a comment says where the run would write."""
+    out = cfg.run.out_dir or f"{cfg.default_out_dir()} (the default)"
+    head = f"# {cfg.source or 'config'} resolved; run folder {out}\n"
+    return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -599,6 +651,10 @@ def validate(cfg: BaseConfig) -> None:
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
         f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
     )
+    _require(
+        r.progress_seconds >= 0,
+        f"run.progress_seconds must be >= 0 (0: no progress lines); got {show(r.progress_seconds)}",
+    )
     for key in ("eval_every", "checkpoint_every", "log_every"):
         v = getattr(r, key)
         _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {show(v)}")
@@ -638,9 +694,12 @@ def teacher_given(teacher: Any) -> bool:
     )
 
 
-def check_files(cfg: BaseConfig) -> None:
-    """The checks of the files a (value-checked) config names: ``run.out_dir`` a folder (or
-    absent) whose existing parent is a folder, then the task's."""
+def check_files(cfg: BaseConfig, data: bool = False) -> None:
+    """The checks of the files a (value-checked) config names: ``data``: first whether the
+    dataset's files are there; ``run.out_dir`` a folder (or absent) whose existing parent is a
+    folder, then the task's."""
+    if data:
+        cfg.check_data()
     out_dir = cfg.run.out_dir
     if out_dir is not None:
         out = Path(out_dir)
