@@ -359,7 +359,8 @@ TAP_FAMILIES = {
     "vgg8": "relu",
     "ShuffleV2": "relu+shuffle",
     "MobileNetV2": "same",
-    "wrn_16_1": "same",
+    "wrn_16_1": "bn",  # equal widths: identity shortcut in the first block
+    "wrn_16_2": "bn",  # widening: the first block's shortcut conv reads the activation
 }
 
 
@@ -375,7 +376,10 @@ def test_preact_taps_give_each_stage_before_its_relu(name):
     rule = TAP_FAMILIES[name]
     for i, (p, f) in enumerate(zip(pre, feats, strict=True)):
         assert p.shape == f.shape and (p < 0).any(), (name, i)
-        if rule == "same" and (i > 0 or name == "wrn_16_1"):  # WRN, linear bottlenecks
+        if rule == "bn":  # WRN: the block sum after the BN that next normalises it
+            bn = model.get_submodule(model.preact_bn_names[i])
+            assert torch.equal(p, bn(f)) and not torch.equal(p, f), (name, i)
+        elif rule == "same" and i > 0:  # linear bottlenecks
             assert torch.equal(p, f)
         elif rule == "relu+shuffle" and i > 0:  # the reference's order: [kept half, branch]
             assert torch.equal(channel_shuffle(p.relu(), 2), f)
