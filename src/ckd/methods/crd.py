@@ -40,6 +40,9 @@ class CRDOptions(MethodOptions):
     # CRD.FEAT.DIM 128, CRD.NCE.K 16384, NCE.TEMPERATURE 0.07, NCE.MOMENTUM 0.5;
     # configs/cifar100/crd.yaml, resnet32x4 -> resnet8x4, keeps them) = RepDistiller
     # train_student.py (--feat_dim 128 --nce_k 16384 --nce_t 0.07 --nce_m 0.5, -r 1 -a 0 -b 0.8).
+    # feat_dim: 128 is upstream mdistiller's (and RepDistiller's). The CKD code's cfg.py says
+    # CRD.FEAT.DIM 64 with STUDENT_DIM = TEACHER_DIM = 64, which cannot run its own
+    # configs/cifar100/crd.yaml (resnet32x4 -> resnet8x4 embeddings are 256-d); 128 is kept.
     w_ce: float = 1.0
     w_crd: float = 0.8
     feat_dim: int = 128  # dimension of the embedding heads and of the memory banks
