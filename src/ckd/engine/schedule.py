@@ -26,7 +26,12 @@ def learning_rate(
 
     A linear warm-up over ``warmup_epochs`` then scales it by ``t' / warmup_epochs`` with
     ``t' = epoch + (iteration + 1) / iters_per_epoch`` (so the first step is not at 0).
+
+    With ``optim.lr_update == "epoch"`` every iteration of an epoch gets the rate of its first
+    (``iteration = 0``): the reference code's per-epoch ``CosineAnnealingLR.step()``.
     """
+    if optim.lr_update == "epoch":
+        iteration = 0
     t = epoch + iteration / iters_per_epoch
     if optim.schedule == "step":
         lr = optim.lr * optim.gamma ** sum(epoch >= m for m in optim.milestones)

@@ -99,6 +99,7 @@ _ADDED_SETTINGS = {
     "run.teacher_cache": None,
     "optim.accum_steps": 1,
     "optim.lr_reference_batch": None,
+    "optim.lr_update": "step",
     "run.dist_backend": "auto",
     "run.sync_bn": False,
     "student.pretrained": False,

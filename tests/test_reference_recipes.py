@@ -1,0 +1,72 @@
+"""The shipped reference recipes train with the reference code's optimiser semantics: the
+learning rate updated once per epoch (``optim.lr_update: epoch``) where the reference steps its
+scheduler once per epoch, and the per-step default left to the other configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ckd.config import CONFIG_DIR, OptimConfig, load_config, read_yaml, shipped_configs
+from ckd.engine.schedule import learning_rate
+
+REFERENCE_FAMILIES = ("cifar100/", "imagenet/", "places365/")
+
+
+def torch_cosine_per_epoch(lr: float, epochs: int, min_lr: float) -> list[float]:
+    """The reference's rates: ``CosineAnnealingLR(T_max=epochs)`` stepped after each epoch."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=min_lr)
+    rates = []
+    for _ in range(epochs):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return rates
+
+
+@pytest.mark.parametrize("min_lr", [0.0, 0.001])
+def test_per_epoch_cosine_is_torchs_scheduler_stepped_once_per_epoch(min_lr):
+    o = OptimConfig(epochs=30, lr=0.05, schedule="cosine", min_lr=min_lr, lr_update="epoch")
+    want = torch_cosine_per_epoch(0.05, 30, min_lr)
+    for epoch, rate in enumerate(want):
+        got = {learning_rate(o, epoch, i, 7) for i in range(7)}
+        assert len(got) == 1  # constant within the epoch
+        assert got.pop() == pytest.approx(rate, rel=1e-12, abs=1e-15)
+    per_step = OptimConfig(epochs=30, lr=0.05, schedule="cosine", min_lr=min_lr)
+    assert learning_rate(per_step, 3, 6, 7) < learning_rate(per_step, 3, 0, 7)
+    assert learning_rate(per_step, 3, 0, 7) == pytest.approx(want[3], rel=1e-12)
+
+
+def test_step_schedule_is_the_same_either_way():
+    kw = {"epochs": 240, "lr": 0.05, "schedule": "step", "milestones": [150, 180, 210]}
+    by_step, by_epoch = OptimConfig(**kw), OptimConfig(**kw, lr_update="epoch")
+    for epoch in (0, 149, 150, 180, 239):
+        for i in (0, 5, 99):
+            assert learning_rate(by_step, epoch, i, 100) == learning_rate(by_epoch, epoch, i, 100)
+
+
+def test_reference_recipes_update_the_lr_per_epoch_and_the_others_per_step():
+    names = shipped_configs()
+    over = [f"teacher.checkpoint={__file__}"]  # any file: validation only
+    seen = set()
+    for name in names:
+        has_teacher = "teacher" in read_yaml(CONFIG_DIR / f"{name}.yaml")
+        cfg = load_config(name, over if has_teacher else [])
+        family = next((f for f in REFERENCE_FAMILIES if name.startswith(f)), None)
+        assert cfg.optim.lr_update == ("epoch" if family else "step"), name
+        seen.add(family)
+    assert seen >= set(REFERENCE_FAMILIES)
+    assert OptimConfig().lr_update == "step"  # configs that do not say keep today's behaviour
+
+
+def test_dkd_resnet50_vgg8_is_the_reference_recipe():
+    """The CKD code's configs/cifar100/dkd/dkd.yaml: ResNet50 -> vgg8, batch 64, lr 0.01,
+    240 epochs x0.1 at 150/180/210, weight decay 5e-4, cfg.py's DKD defaults."""
+    cfg = load_config("cifar100/dkd/ResNet50_vgg8", [f"teacher.checkpoint={__file__}"])
+    assert (cfg.teacher.name, cfg.student.name, cfg.method.name) == ("ResNet50", "vgg8", "dkd")
+    o, m = cfg.optim, cfg.method.options
+    assert (cfg.data.batch_size, o.lr, o.epochs, o.milestones) == (64, 0.01, 240, [150, 180, 210])
+    assert (o.momentum, o.weight_decay, o.schedule, o.lr_update) == (0.9, 5e-4, "step", "epoch")
+    assert (m.w_ce, m.alpha, m.beta, m.temperature, m.warmup_epochs) == (1.0, 1.0, 8.0, 4.0, 20)
