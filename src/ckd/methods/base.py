@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ckd.losses._checks import wide
 from ckd.models.features import INPUT_SUFFIX, FeatureExtractor, feature_names
 from ckd.registry import Registry
 
@@ -166,8 +167,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def ce(self, b: Batch) -> torch.Tensor:
-        """The weighted label cross-entropy term, in float32."""
-        return self.options.w_ce * F.cross_entropy(b.student.logits.float(), b.targets)
+        """The weighted label cross-entropy term, in float32 (float64 for float64 logits)."""
+        return self.options.w_ce * F.cross_entropy(wide(b.student.logits), b.targets)
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckd.losses import crd_loss, crd_memory_update, crd_normalisers
+from ckd.losses._checks import wide
 from ckd.methods.base import METHODS, Batch, Method, MethodOptions, Setup
 
 
@@ -110,8 +111,8 @@ class CRD(Method):
         index = b.index.to(device=device, dtype=torch.long)
         num_data = self.memory_student.shape[0]
         with _fp32(device):
-            v_s = F.normalize(self.embed_student(s_emb.float()), dim=1)
-            v_t = F.normalize(self.embed_teacher(t_emb.detach().float()), dim=1)
+            v_s = F.normalize(self.embed_student(wide(s_emb)), dim=1)
+            v_t = F.normalize(self.embed_teacher(wide(t_emb.detach())), dim=1)
         rows = torch.cat([index.unsqueeze(1), draw_negatives(index, num_data, o.nce_k)], dim=1)
         banks = (v_s, v_t, self.memory_student, self.memory_teacher, rows, o.nce_t)
         if not self._normalisers_set:
