@@ -70,3 +70,33 @@ def test_dkd_resnet50_vgg8_is_the_reference_recipe():
     assert (cfg.data.batch_size, o.lr, o.epochs, o.milestones) == (64, 0.01, 240, [150, 180, 210])
     assert (o.momentum, o.weight_decay, o.schedule, o.lr_update) == (0.9, 5e-4, "step", "epoch")
     assert (m.w_ce, m.alpha, m.beta, m.temperature, m.warmup_epochs) == (1.0, 1.0, 8.0, 4.0, 20)
+
+
+# The reference's configs/{imagenet,places365}/<pair>/{ckd,kd,dkd}.yaml (cfg.py's values where a
+# file sets none, e.g. DKD's alpha 1.0): (batch, lr, epochs, schedule, method options)
+LARGE = {
+    "imagenet/ckd": (512, 0.2, 200, "cosine", {"w_ce": 1.0, "w_ckd": 10.0, "temperature": 1.0}),
+    "imagenet/kd": (512, 0.2, 100, "step", {"w_ce": 0.5, "w_kd": 0.5, "temperature": 1.0}),
+    "imagenet/dkd": (512, 0.2, 100, "step", {"w_ce": 1.0, "alpha": 1.0, "temperature": 1.0}),
+    "places365/ckd": (256, 0.2, 100, "step", {"w_ce": 1.0, "w_ckd": 10.0, "temperature": 1.0}),
+    "places365/kd": (256, 0.2, 100, "step", {"w_ce": 0.5, "w_kd": 0.5, "temperature": 1.0}),
+    "places365/dkd": (256, 0.2, 100, "step", {"w_ce": 1.0, "alpha": 1.0, "temperature": 1.0}),
+}
+DKD_LARGE = {"resnet34_resnet18": 0.5, "resnet50_MobileNetV1": 2.0}  # beta
+
+
+@pytest.mark.parametrize("pair", list(DKD_LARGE))
+@pytest.mark.parametrize("recipe", list(LARGE))
+def test_imagenet_and_places365_recipes_are_the_references(recipe, pair):
+    cfg = load_config(f"{recipe}/{pair}", [f"teacher.checkpoint={__file__}"])
+    batch, lr, epochs, schedule, options = LARGE[recipe]
+    if recipe == "places365/dkd" and pair == "resnet50_MobileNetV1":
+        lr = 0.1  # configs/places365/r50_mv1/dkd.yaml
+    o = cfg.optim
+    assert (cfg.data.batch_size, o.lr, o.epochs, o.schedule) == (batch, lr, epochs, schedule)
+    assert (o.weight_decay, o.momentum, o.lr_update) == (1e-4, 0.9, "epoch")
+    if schedule == "step":
+        assert (o.milestones, o.gamma) == ([30, 60, 90], 0.1)
+    assert {k: getattr(cfg.method.options, k) for k in options} == options
+    if recipe.endswith("dkd"):
+        assert (cfg.method.options.beta, cfg.method.options.warmup_epochs) == (DKD_LARGE[pair], 1)
