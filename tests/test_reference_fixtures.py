@@ -36,6 +36,8 @@ from ckd.models import create_model, load_weights
 from tests import reference_pairs as rp
 from tests.zoo_fill import fill_state, named_shapes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # ----------------------------------------------------------------------------- tolerances
 ZOO_RTOL = 1e-4
 CE_RTOL = 1e-5  # measured: equal (0) on every pair
@@ -56,15 +58,6 @@ def fixture(name: str) -> dict[str, torch.Tensor]:
     if name not in _FIXTURES:
         _FIXTURES[name] = torch.load(rp.fixture_path(name), weights_only=True)
     return _FIXTURES[name]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches gain nothing from threads, and on a busy machine threads spin-wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def filled(name: str, extra: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:

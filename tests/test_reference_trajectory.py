@@ -34,18 +34,11 @@ from ckd.models import create_model
 from tests import reference_pairs as rp
 from tests.zoo_fill import fill_state, named_shapes
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RTOL = 1e-6
 
 PATH = rp.fixture_path("trajectory")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches gain nothing from threads, and on a busy machine threads spin-wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
