@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint install data clean
+.PHONY: demo test test-slow lint install data clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: install data
 
 test: install data
 	$(PY) -m pytest -q
+
+# the tests marked slow (CI runs them after the default suite, time allowing)
+test-slow: install data
+	$(PY) -m pytest -q -m slow
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -34,7 +34,7 @@ has nccl && {
 CLAIM="[data.num_workers=0,data.train_subset=2000,optim.epochs=5,data.loader=fast]"
 has suites && timeout "${SUITE_LIMIT:-420}" bash -c '
   run_suite() {
-    python3 -m ckd bench "benchmarks/suites/fashion_mnist_$1.yaml" "overrides=$2" \
+    python3 -m ckd suite "benchmarks/suites/fashion_mnist_$1.yaml" "overrides=$2" \
       "out_dir=runs/gpu/$1" teacher.out_dir=runs/gpu/teacher
   }
   time run_suite main "[data.num_workers=0,data.loader=fast]"

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
+from ckd.bench.speed import BenchSpec, machine, prepare, variant_config
 from ckd.config import config_from_dict
 from ckd.engine import Trainer
-from ckd.engine.bench import BenchSpec, machine, prepare, variant_config
 
 LABELS = {"standard": "(a) standard", "fast": "(b) fast", "cache": "(c) fast + cache"}
 

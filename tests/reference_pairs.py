@@ -222,6 +222,7 @@ def trajectory_config(method: str, root: Path, out_dir: Path, student: Path, tea
             "test_batch_size": t["test"],
             "num_workers": 0,
             "augment": False,
+            "verify": False,  # generated stand-in data: no published md5
         },
         "student": {"name": t["student"], "checkpoint": str(student)},
         "teacher": {"name": t["teacher"], "checkpoint": str(teacher)},

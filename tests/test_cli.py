@@ -38,8 +38,8 @@ def run_bad(capsys, argv):
 @pytest.mark.parametrize(
     "sections,overrides,expected",
     [
-        ({}, ["optim.lrr=0.1"], "unknown key optim.lrr; allowed: epochs, lr"),
-        ({}, ["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+        ({}, ["optim.lrr=0.1"], "unknown key optim.lrr; allowed: epochs, iters, lr"),
+        ({}, ["optim.lr=fast"], "optim.lr: expected a finite number, got 'fast'"),
         ({}, ["optim.epochs=1.5"], "optim.epochs: expected an integer"),
         ({}, ["student.name=resnet9"], "unknown model 'resnet9'; known:"),
         ({}, ["method.name=crd2"], "unknown method 'crd2'; known:"),
@@ -244,4 +244,4 @@ def test_eval_of_a_foreign_checkpoint_needs_model_and_data(capsys, tmp_path, fak
     assert "top-1" in capsys.readouterr().out
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert "cannot be read as a checkpoint" in run_bad(capsys, ["eval", str(junk)])
+    assert f"{junk}: not a readable checkpoint" in run_bad(capsys, ["eval", str(junk)])

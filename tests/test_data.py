@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 import ckd.data as D
 from ckd.data import fashion_mnist as fm
-from ckd.data.cifar import CIFAR100_CLASSES, SYNTHETIC_MARKER
+from ckd.data.cifar import CIFAR100_CLASSES
 from ckd.data.idx import read_idx, write_idx
 from ckd.registry import UnknownNameError
 
@@ -73,7 +72,7 @@ def test_registry_and_info() -> None:
 @pytest.mark.parametrize("name", ["cifar100", "cifar10"])
 @pytest.mark.parametrize("train", [True, False])
 def test_fake_cifar_loads(cifar_root: Path, name: str, train: bool) -> None:
-    ds = D.build_dataset(name, str(cifar_root), train=train)
+    ds = D.build_dataset(name, str(cifar_root), train=train, verify=False)
     assert len(ds) == (200 if train else 100)
     x, y = ds[3]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
@@ -96,17 +95,20 @@ def test_fake_cifar_is_real_format(cifar_root: Path) -> None:
     with open(cifar_root / "cifar-10-batches-py" / "test_batch", "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     assert set(entry) >= {"data", "labels"} and entry["data"].shape == (100, 3072)
-    ds = D.build_dataset("cifar10", str(cifar_root), train=False)
+    ds = D.build_dataset("cifar10", str(cifar_root), train=False, verify=False)
     assert ds.targets == entry["labels"]
     # data planes are R, G, B of 32x32 row-major, as in the real files
     assert np.array_equal(ds.data[7], entry["data"][7].reshape(3, 32, 32).transpose(1, 2, 0))
 
 
-def test_md5_check_kept_for_unmarked_folders(cifar_root: Path, tmp_path: Path) -> None:
-    shutil.copytree(cifar_root / "cifar-100-python", tmp_path / "cifar-100-python")
-    (tmp_path / "cifar-100-python" / SYNTHETIC_MARKER).unlink()
-    with pytest.raises(RuntimeError, match="not found or corrupted"):
-        D.build_dataset("cifar100", str(tmp_path), train=False)
+def test_generated_cifar_fails_md5_unless_the_caller_says_so(cifar_root: Path) -> None:
+    """Generated files are read only when the caller turns the md5 check off in code; no file
+    in the folder can (the old CKD_SYNTHETIC marker file is ignored)."""
+    (cifar_root / "cifar-100-python" / "CKD_SYNTHETIC").write_text("skip md5 please\n")
+    with pytest.raises(D.DataError, match="md5") as e:
+        D.build_dataset("cifar100", str(cifar_root), train=False)
+    assert "\n" not in str(e.value) and "cifar-100-python/test" in str(e.value)
+    assert len(D.build_dataset("cifar100", str(cifar_root), train=False, verify=False)) == 100
 
 
 def test_cifar_missing(tmp_path: Path) -> None:
@@ -122,12 +124,12 @@ def test_cifar_missing(tmp_path: Path) -> None:
 
 def test_cifar_augmentation(cifar_root: Path) -> None:
     torch.manual_seed(0)
-    train = D.build_dataset("cifar100", str(cifar_root), train=True, augment=True)
+    train = D.build_dataset("cifar100", str(cifar_root), train=True, augment=True, verify=False)
     views = [train[0][0] for _ in range(6)]
     assert any(not torch.equal(views[0], v) for v in views[1:])
     for ds in (
-        D.build_dataset("cifar100", str(cifar_root), train=False, augment=True),
-        D.build_dataset("cifar100", str(cifar_root), train=True, augment=False),
+        D.build_dataset("cifar100", str(cifar_root), train=False, augment=True, verify=False),
+        D.build_dataset("cifar100", str(cifar_root), train=True, augment=False, verify=False),
     ):
         assert torch.equal(ds[0][0], ds[0][0])
 
@@ -135,7 +137,7 @@ def test_cifar_augmentation(cifar_root: Path) -> None:
 @pytest.mark.parametrize("name", ["cifar100", "cifar10"])
 def test_cifar_normalisation(cifar_root: Path, name: str) -> None:
     info = D.dataset_info(name)
-    ds = D.build_dataset(name, str(cifar_root), train=False)
+    ds = D.build_dataset(name, str(cifar_root), train=False, verify=False)
     x, _ = ds[5]
     raw = torch.from_numpy(ds.data[5]).permute(2, 0, 1).float() / 255
     mean, std = torch.tensor(info.mean)[:, None, None], torch.tensor(info.std)[:, None, None]
@@ -144,8 +146,8 @@ def test_cifar_normalisation(cifar_root: Path, name: str) -> None:
 
 def test_fake_cifar_is_learnable(cifar_root: Path) -> None:
     """Class-dependent images: nearest class mean on train gets most test images right."""
-    train = D.build_dataset("cifar10", str(cifar_root), train=True, augment=False)
-    test = D.build_dataset("cifar10", str(cifar_root), train=False)
+    train = D.build_dataset("cifar10", str(cifar_root), train=True, augment=False, verify=False)
+    test = D.build_dataset("cifar10", str(cifar_root), train=False, verify=False)
     xtr = train.data.reshape(len(train), -1).astype(np.float64)
     xte = test.data.reshape(len(test), -1).astype(np.float64)
     ytr, yte = np.array(train.targets), np.array(test.targets)
@@ -175,9 +177,10 @@ def test_fashion_mnist_from_search_path(
     monkeypatch.setattr(fm, "FASHION_MNIST_SEARCH_PATHS", (str(tmp_path / "a"), str(fmnist_root)))
     ds = D.build_dataset("fashion_mnist", None, train=False)
     assert len(ds) == 200 and ds.source == fmnist_root
-    # a root that lacks the files falls through to the search path
-    ds = D.build_dataset("fashion_mnist", str(tmp_path / "empty"), train=True)
-    assert len(ds) == 600 and ds.source == fmnist_root
+    # a root that lacks the files is an error, never a silent switch to the system copy
+    with pytest.raises(D.DataNotFoundError) as e:
+        D.build_dataset("fashion_mnist", str(tmp_path / "empty"), train=True)
+    assert str(tmp_path / "empty") in str(e.value) and str(fmnist_root) not in str(e.value)
 
 
 def test_fashion_mnist_torchvision_layout_uncompressed(
@@ -202,10 +205,16 @@ def test_fashion_mnist_missing_lists_every_place(
         D.build_dataset("fashion_mnist", str(root), train=True)
     msg = str(e.value)
     assert "\n" not in msg and "train-images-idx3-ubyte" in msg and "download=False" in msg
-    for base in (str(root), *places):
+    for folder in (str(root), f"{root}/FashionMNIST/raw", f"{root}/raw"):
+        assert folder in msg
+    assert places[0] not in msg  # a given root is the only place looked at
+    with pytest.raises(D.DataNotFoundError) as e:  # without one: the search paths, in order
+        D.build_dataset("fashion_mnist", None, train=True)
+    msg = str(e.value)
+    for base in places:
         for folder in (base, f"{base}/FashionMNIST/raw", f"{base}/raw"):
             assert folder in msg
-    assert msg.index(str(root)) < msg.index(places[0]) < msg.index(places[1])
+    assert msg.index(places[0]) < msg.index(places[1])
 
 
 def test_fashion_mnist_padding_and_normalisation(fmnist_root: Path, no_search_paths: None) -> None:
@@ -263,7 +272,7 @@ def test_real_debian_fashion_mnist(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_subset_balanced_deterministic(cifar_root: Path) -> None:
-    ds = D.build_dataset("cifar10", str(cifar_root), train=True, augment=False)
+    ds = D.build_dataset("cifar10", str(cifar_root), train=True, augment=False, verify=False)
     sub = D.subset(ds, 50, seed=1)
     assert len(sub) == 50 and np.bincount(sub.targets, minlength=10).tolist() == [5] * 10
     assert sub.targets == [ds.targets[i] for i in sub.indices]

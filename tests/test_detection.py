@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckd.config import CONFIG_DIR, read_yaml, shipped_configs
-from ckd.detection.config import DetModelConfig, det_config_from_dict, load_det_config
+from ckd.config import CONFIG_DIR, config_from_dict, load_config, read_yaml, shipped_configs
+from ckd.detection.config import DetModelConfig
 from ckd.detection.data import CocoDetection, collate
-from ckd.detection.distiller import capture
 from ckd.detection.evaluate import STATS, evaluate_detector
 from ckd.detection.models import build_detector
 from ckd.detection.shapes import make_shapes
-from ckd.detection.trainer import build_det_distiller
+from ckd.detection.view import capture
 from ckd.errors import ConfigError
 from ckd.losses import ckd_loss, dkd_loss, kd_loss
+from ckd.tasks.detection import build_distiller
 
 NUM_CLASSES = 4  # 3 shapes + background
 
@@ -72,16 +72,11 @@ def tiny_config(root: Path, out_dir: Path, method: dict, teacher: dict | None = 
         },
         "student": tiny_model("mobilenet_v2", 16, width_mult=0.25, trainable_layers=6),
         "method": method,
-        "optim": {
-            "iters": 4,
-            "lr": 0.01,
-            "milestones": [3],
-            "warmup_iters": 1,
+        "optim": {"iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1},
+        "run": {
             "log_every": 1,
             "eval_every": 4,
             "checkpoint_every": 100,
-        },
-        "run": {
             "device": "cpu",
             "amp": "none",
             "out_dir": str(out_dir),
@@ -101,7 +96,7 @@ def random_teacher(folder: Path, arch: str) -> Path:
     m = DetModelConfig(**tiny_model("resnet18", 32, norm="bn"))
     size = InputConfig(min_size=[64], max_size=64, test_min_size=64)
     torch.manual_seed(1)
-    net = build_detector(m, DetectorConfig(arch=arch), size, NUM_CLASSES, training=False)
+    net = build_detector(m, DetectorConfig(arch=arch), size, NUM_CLASSES)
     torch.save({"model": net.state_dict()}, folder / f"{arch}.pt")
     return folder / f"{arch}.pt"
 
@@ -125,9 +120,9 @@ def distiller_and_batch(
 ):
     cfg = tiny_config(shapes, tmp_path, method, teacher_section(teacher_file))
     cfg["detector"]["arch"] = arch
-    cfg = det_config_from_dict(cfg)
+    cfg = config_from_dict(cfg)
     torch.manual_seed(0)
-    d = build_det_distiller(cfg, NUM_CLASSES)
+    d = build_distiller(cfg, NUM_CLASSES, 12)
     d.train()
     data = CocoDetection(shapes, "train2017", train=True, masks=True)
     images, targets = collate([data[0], data[1]])
@@ -142,7 +137,7 @@ def test_roi_ckd_is_ckd_loss_of_teacher_and_student_logits_on_the_same_proposals
 ):
     d, images, targets = distiller_and_batch(shapes, teacher_file, tmp_path, CKD_REVIEW)
     with capture(d.student) as cap:
-        terms = d.forward_train(images, targets)
+        _, terms = d.forward_train(images, targets)
     proposals, sizes = cap.proposals, cap.images.image_sizes
     assert cap.class_logits.shape == (sum(len(p) for p in proposals), NUM_CLASSES)
     assert cap.class_logits.shape[0] == 2 * 16  # B = the RoIs sampled for the student
@@ -159,7 +154,7 @@ def test_roi_ckd_is_ckd_loss_of_teacher_and_student_logits_on_the_same_proposals
         teacher = h.box_predictor(h.box_head(h.box_roi_pool(t_feats, proposals, sizes)))[0]
     torch.testing.assert_close(student, cap.class_logits.detach(), rtol=1e-4, atol=1e-5)
     expected = 0.1 * ckd_loss(student, teacher, temperature=1.0)
-    assert terms["roi_ckd"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert terms["ckd"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert not torch.allclose(student, teacher)  # a real comparison, not of a tensor to itself
 
 
@@ -168,15 +163,15 @@ def test_every_term_reaches_the_student_and_the_teacher_never_changes(
 ):
     d, images, targets = distiller_and_batch(shapes, teacher_file, tmp_path, CKD_REVIEW)
     before = {k: v.clone() for k, v in d.teacher.state_dict().items()}
-    terms = d.forward_train(images, targets)
+    _, terms = d.forward_train(images, targets)
     assert set(terms) == {
         "loss_classifier",
         "loss_box_reg",
         "loss_objectness",
         "loss_rpn_box_reg",
         "loss_mask",
-        "roi_ckd",
-        "fpn_reviewkd",
+        "ckd",
+        "reviewkd",
     }
     params = [p for p in d.student.parameters() if p.requires_grad]
     for name, value in terms.items():
@@ -194,7 +189,7 @@ def test_every_term_reaches_the_student_and_the_teacher_never_changes(
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("method,term", [("kd", "roi_kd"), ("dkd", "roi_dkd")])
+@pytest.mark.parametrize("method,term", [("kd", "kd"), ("dkd", "dkd")])
 def test_kd_and_dkd_baselines_on_the_roi_logits(shapes, teacher_file, tmp_path, method, term):
     options = {"warmup_iters": 0} if method == "dkd" else {}
     if method == "kd":  # Faster R-CNN here, Mask R-CNN elsewhere
@@ -204,8 +199,8 @@ def test_kd_and_dkd_baselines_on_the_roi_logits(shapes, teacher_file, tmp_path, 
         shapes, teacher_file, tmp_path, {"name": method, **options}, arch
     )
     with capture(d.student) as cap:
-        terms = d.forward_train(images, targets)
-    s, t = cap.class_logits, d.teacher_outputs(cap.images, cap.proposals)[1]
+        _, terms = d.forward_train(images, targets)
+    s, t = cap.class_logits, d.teacher_outputs(images, cap).logits
     expected = kd_loss(s, t, 1.0) if method == "kd" else dkd_loss(s, t, cap.labels, 1.0, 0.25, 1.0)
     assert terms[term].item() == pytest.approx(expected.item(), rel=1e-5)
     assert cap.labels.max() >= 1 and (cap.labels == 0).any()  # foreground and background RoIs
@@ -303,7 +298,7 @@ def test_coco_configs_of_the_three_pairs_load_and_build(tmp_path):
     pairs = {}
     over = [f"teacher.checkpoint={__file__}"]  # any file: validation only, built without it
     for name in [n for n in names if n.startswith("detection/coco/") and "_ckd_" in n]:
-        cfg = load_det_config(name, over)
+        cfg = load_config(name, over)
         paper = name.endswith("_paper")
         key = (cfg.detector.arch, cfg.student.backbone)
         batch = 4 if paper and key == ("faster_rcnn", "resnet18") else 8
@@ -322,11 +317,11 @@ def test_coco_configs_of_the_three_pairs_load_and_build(tmp_path):
     assert {a for a, _, _ in pairs} == {"faster_rcnn", "mask_rcnn"}
     built: dict = {}
     for (arch, _, _), cfg in pairs.items():
-        for role, m in (("teacher", cfg.teacher), ("student", cfg.student)):
+        for m in (cfg.teacher, cfg.student):
             key = (arch, m.backbone)
             if key not in built:
                 m = dataclasses.replace(m, checkpoint=None)  # random weights, no download
-                net = build_detector(m, cfg.detector, cfg.input, 81, training=role == "student")
+                net = build_detector(m, cfg.detector, cfg.input, 81)
                 built[key] = (
                     net.backbone.out_channels,
                     hasattr(net.roi_heads, "mask_head") and net.roi_heads.mask_head is not None,
@@ -335,7 +330,7 @@ def test_coco_configs_of_the_three_pairs_load_and_build(tmp_path):
             assert built[key] == (256, arch == "mask_rcnn")
     for name in names:  # the shapes demo and the teachers load too
         has_teacher = "teacher" in read_yaml(CONFIG_DIR / f"{name}.yaml")
-        assert load_det_config(name, over if has_teacher else []).task == "detection"
+        assert load_config(name, over if has_teacher else []).task == "detection"
 
 
 def test_bad_values_are_one_line_config_errors(shapes, tmp_path):
@@ -348,7 +343,7 @@ def test_bad_values_are_one_line_config_errors(shapes, tmp_path):
     ):
         bad = {**base, section: {**base[section], key: value}}
         with pytest.raises(ConfigError, match=r"^[^\n]+$") as e:
-            det_config_from_dict(bad)
+            config_from_dict(bad)
         assert words in str(e.value)
     with pytest.raises(ConfigError, match="needs a teacher"):
-        det_config_from_dict(tiny_config(shapes, tmp_path, {"name": "ckd"}))
+        config_from_dict(tiny_config(shapes, tmp_path, {"name": "ckd"}))

@@ -43,10 +43,11 @@ def trained_teacher(shapes, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("teacher_run")
     cfg = tiny_config(shapes, tmp / "run", {"name": "vanilla"})
     cfg["student"] = tiny_model("resnet18", 32, norm="bn")
-    cfg["optim"] |= {"iters": 2, "milestones": [], "eval_every": 2}
+    cfg["optim"] |= {"iters": 2, "milestones": []}
+    cfg["run"] |= {"eval_every": 2}
     assert main(["train", write(tmp / "teacher.yaml", cfg)]) == 0
     result = json.loads((tmp / "run" / "result.json").read_text())
-    assert result["finished"] and "mask_AP" in result and "box_AP50" in result
+    assert result["finished"] and "last_mask_AP" in result and "last_box_AP50" in result
     return tmp / "run" / "last.pt"
 
 
@@ -66,14 +67,14 @@ def test_distilled_student_trains_through_the_cli_and_reports_box_and_mask_ap(
     assert main(["train", path, "--json"]) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["finished"] and result["iterations"] == 4 and result["method"] == "ckd"
+    assert result["finished"] and result["steps"] == 4 and result["method"] == "ckd"
     for key in ("box_AP", "box_AP50", "box_AP75", "box_APs", "mask_AP", "mask_AP50"):
-        assert key in result and result[key] >= -1
-    assert result["teacher_metrics"]["box_AP"] >= 0
+        assert result[f"last_{key}"] >= -1
+    assert result["teacher_box_AP"] >= 0 and result["best_iter"] == 4
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows] == [1, 2, 3, 4]
-    assert {"train_roi_ckd", "train_fpn_reviewkd", "train_loss_mask"} <= set(rows[0])
-    assert "val_box_AP" in rows[-1] and "val_mask_AP" in rows[-1]
+    assert {"train_ckd", "train_reviewkd", "train_loss_mask"} <= set(rows[0])
+    assert "test_box_AP" in rows[-1] and "test_mask_AP" in rows[-1]
     # the run folder is never overwritten without --resume
     assert main(["train", path]) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -84,12 +85,12 @@ def test_resume_equals_an_uninterrupted_run(shapes, trained_teacher, tmp_path, c
     part = write(tmp_path / "b.yaml", student_config(shapes, tmp_path / "b", trained_teacher))
     assert main(["train", full]) == 0
     assert main(["train", part, "--stop-after", "3"]) == 0  # mid-epoch (6 batches per epoch)
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["iteration"] == 3
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 3
     assert main(["train", part, "optim.lr=0.02", "--resume"]) == 2  # another config: refused
     assert "optim.lr is 0.02 but the run was started with 0.01" in capsys.readouterr().err
     assert main(["train", part, "--resume"]) == 0
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["iteration"] == b["iteration"] == 4
+    assert a["step"] == b["step"] == 4
     for part_name in ("model", "method"):
         assert a[part_name].keys() == b[part_name].keys()
         for k, v in a[part_name].items():
@@ -101,10 +102,10 @@ def test_resume_equals_an_uninterrupted_run(shapes, trained_teacher, tmp_path, c
 def _train_rank(rank: int, path: str, out: str, stop_after) -> None:
     """One rank of a torchrun-like launch (``tests.test_distributed._launch``)."""
     torch.set_num_threads(1)
-    from ckd.detection.config import load_det_config
-    from ckd.detection.trainer import DetTrainer
+    from ckd.config import load_config
+    from ckd.engine import Trainer
 
-    trainer = DetTrainer(load_det_config(path), echo=lambda _: None)
+    trainer = Trainer(load_config(path), echo=lambda _: None)
     trainer.fit(stop_after=stop_after)
     torch.save(trainer.distiller.student.state_dict(), Path(out) / f"student_rank{rank}.pt")
 
@@ -126,7 +127,7 @@ def test_two_processes_distill_a_detector_and_one_process_resumes(
     assert all(torch.equal(a[k], b[k]) for k in a if "running_" not in k)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in rows] == [1, 2] and rows[0]["train_roi_ckd"] > 0
+    assert [r["iter"] for r in rows] == [1, 2] and rows[0]["train_ckd"] > 0
     assert main(["train", path, "--resume"]) == 0  # one process goes on from iteration 2
     result = json.loads((out / "result.json").read_text())
-    assert result["finished"] and result["iterations"] == 4 and result["processes"] == 1
+    assert result["finished"] and result["steps"] == 4 and result["processes"] == 1

@@ -15,7 +15,11 @@ from ckd.config import OptimConfig
 from ckd.data import make_fake_cifar
 from ckd.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from ckd.engine.metrics import read_metrics
-from ckd.engine.schedule import learning_rate
+from ckd.engine.schedule import Schedule
+
+
+def learning_rate(o: OptimConfig, epoch: int, iteration: int, steps_per_epoch: int) -> float:
+    return Schedule.of(o, steps_per_epoch, 64)(epoch * steps_per_epoch + iteration)
 
 
 def test_step_schedule_decays_at_the_milestone_epochs():
@@ -41,6 +45,23 @@ def test_linear_warmup_scales_the_first_epochs():
     assert learning_rate(o, 0, 0, 4) == pytest.approx(0.1 * 0.25 / 2)
     assert learning_rate(o, 1, 3, 4) == pytest.approx(0.1)
     assert learning_rate(o, 5, 0, 4) == pytest.approx(0.1)
+
+
+def test_an_iteration_schedule_counts_steps_and_agrees_with_its_epoch_form():
+    it = OptimConfig(epochs=None, iters=1000, lr=0.02, milestones=[600, 800], warmup_iters=50)
+    sched = Schedule.of(it, 37, 8)  # steps per epoch do not matter to an iteration schedule
+    assert sched(0) == pytest.approx(0.02 / 50) and sched(49) == pytest.approx(0.02)
+    assert sched(599) == pytest.approx(0.02) and sched(600) == pytest.approx(0.002)
+    assert sched(800) == pytest.approx(0.0002)
+    # an epoch schedule is the iteration schedule of epochs x steps per epoch
+    ep = OptimConfig(epochs=10, lr=0.1, schedule="cosine", warmup_epochs=1.5, min_lr=0.001)
+    as_iters = OptimConfig(
+        epochs=None, iters=10 * 20, lr=0.1, schedule="cosine", warmup_iters=30, min_lr=0.001
+    )
+    a, b = Schedule.of(ep, 20, 64), Schedule.of(as_iters, 20, 64)
+    assert [a(t) for t in range(200)] == pytest.approx([b(t) for t in range(200)])
+    scaled = OptimConfig(epochs=10, lr=0.1, lr_reference_batch=256)
+    assert Schedule.of(scaled, 20, 512)(0) == pytest.approx(0.2)
 
 
 def test_save_atomic_never_leaves_a_truncated_file(tmp_path, monkeypatch):
@@ -76,6 +97,7 @@ def test_shipped_cifar100_config_trains_on_a_cifar_format_folder(tmp_path, capsy
             "train",
             "cifar100/vanilla/resnet8x4",
             f"data.root={root}",
+            "data.verify=false",  # generated, so not the published md5s
             f"run.out_dir={out}",
             "student.name=resnet8",
             "optim.epochs=1",

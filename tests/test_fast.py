@@ -16,20 +16,27 @@ from torchvision import transforms as T
 from ckd.cli import main
 from ckd.config import config_from_dict
 from ckd.data import build_dataset, make_fake_cifar
-from ckd.data.fast import FastLoader, augment_batch, draw_augmentation, memory_data
+from ckd.data.fast import augment_batch, draw_augmentation, memory_data
 from ckd.engine import Trainer
 from ckd.engine.cache import teacher_forward, verify_cache
 from ckd.engine.checkpoint import load_checkpoint
+from ckd.engine.loaders import MicroBatch, memory_batches
 from ckd.engine.metrics import read_metrics
-from ckd.engine.trainer import live_teacher
+from ckd.engine.teacher import LiveTeacher, teacher_outputs
 from ckd.errors import ConfigError
-from ckd.methods.base import Batch, Outputs
+from ckd.integrity import block_sha256
+from ckd.methods.base import Needs
 from ckd.models import create_model
 from tests.conftest import tiny_config
 
 
 def quiet(_msg: str) -> None:
     pass
+
+
+def micro_batches(trainer: Trainer, epoch: int) -> list[MicroBatch]:
+    """The training micro-batches of ``epoch``, in order."""
+    return [mb for step in trainer.task.loader.epoch(epoch) for mb in step]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +89,7 @@ def test_fast_images_equal_the_standard_transforms_bit_for_bit(
     name, cifar_root, fake_fmnist, monkeypatch
 ):
     root = cifar_root if name == "cifar10" else fake_fmnist
-    dataset = build_dataset(name, str(root), train=True)
+    dataset = build_dataset(name, str(root), train=True, verify=False)
     data = memory_data(dataset)
     n = 40
     params = draw_augmentation(data.augment, len(data), seed=3, epoch=1)
@@ -94,12 +101,12 @@ def test_fast_images_equal_the_standard_transforms_bit_for_bit(
     # channels_last gives the same values; the test split (no augmentation) is exact too
     cl = augment_batch(data, torch.arange(n), params, channels_last=True)
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, fast)
-    test = build_dataset(name, str(root), train=False)
+    test = build_dataset(name, str(root), train=False, verify=False)
     assert torch.equal(augment_batch(memory_data(test), torch.tensor([0]), None)[0], test[0][0])
 
 
 def test_fast_augmentation_has_the_standard_distribution(cifar_root):
-    dataset = build_dataset("cifar10", str(cifar_root), train=True)
+    dataset = build_dataset("cifar10", str(cifar_root), train=True, verify=False)
     aug = memory_data(dataset).augment
     assert (aug.crop_padding, aug.flip_p, aug.size) == (4, 0.5, (32, 32))
     # support: RandomCrop.get_params draws offsets in 0 .. padded - size (9 values here)
@@ -141,7 +148,8 @@ def test_each_view_depends_on_seed_epoch_and_sample_only(fake_fmnist):
     # whatever the order and batch size, sample i gets the same image
     views = {}
     for batch_size, order in ((32, torch.randperm(n)), (50, torch.arange(n))):
-        for images, _, index in FastLoader(data, batch_size, order, a):
+        pieces = torch.arange(n).split(batch_size)
+        for images, _, index in memory_batches(data, order, iter(pieces), a):
             for img, i in zip(images, index.tolist(), strict=True):
                 if i in views:
                     assert torch.equal(views[i], img)
@@ -177,22 +185,21 @@ def test_fast_resume_equals_uninterrupted(tmp_path, fake_fmnist, teacher_ckpt):
         assert ra["train_loss"] == rb["train_loss"] and ra["test_top1"] == rb["test_top1"]
 
 
-def test_live_teacher_outputs_are_ordinary_tensors_for_a_ckd_step(fake_fmnist, teacher_ckpt):
+def test_given_teacher_outputs_stand_for_the_teacher_and_train(fake_fmnist, teacher_ckpt):
     cfg = config_from_dict(student_cfg(fake_fmnist, "/nonexistent/run", teacher_ckpt))
     trainer = Trainer(cfg, echo=quiet)
-    images, targets, index = next(iter(trainer._fast_loader(0)))
-    with torch.inference_mode():
-        raw = trainer.distiller.teacher_outputs(images)
-    assert raw.logits.is_inference()
-    given = live_teacher(trainer.distiller, images)
-    assert not given.logits.is_inference() and torch.equal(given.logits, raw.logits)
-    _, terms = trainer.distiller.forward_train(images, targets, teacher=lambda: given)
-    sum(terms.values()).backward()  # a CKD step under the fast path
-    # an inference tensor that a loss saves for backward (here MSE on logits) fails; a clone not
-    student = trainer.distiller.student(images)
-    with pytest.raises(RuntimeError, match="[Ii]nference tensors cannot be saved"):
-        torch.nn.functional.mse_loss(student, raw.logits)
-    torch.nn.functional.mse_loss(student, given.logits).backward()
+    images, targets, _ = micro_batches(trainer, 0)[0]
+    d = trainer.distiller
+    raw = d.teacher_outputs(images)  # the live teacher: ordinary tensors, no graph
+    assert not raw.logits.is_inference() and not raw.logits.requires_grad
+    calls = []
+    d.teacher.register_forward_hook(lambda *a: calls.append(1))
+    _, terms = d.forward_train(images, targets, teacher=lambda: raw)
+    sum(terms.values()).backward()  # a CKD step on given outputs: the teacher did not run
+    assert not calls
+    _, again = d.forward_train(images, targets)  # run lazily when none are given
+    assert len(calls) == 1
+    torch.testing.assert_close(again["ckd"], terms["ckd"])
 
 
 # --- the teacher cache -----------------------------------------------------------------
@@ -209,10 +216,10 @@ def test_cached_and_live_teacher_logits_agree(tmp_path, fake_fmnist, teacher_ckp
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert manifest["logits"] == [2, 96, 10] and manifest["dtype"] == "float16"
     assert np.load(cache_dir / "logits.npy", mmap_mode="r").dtype == np.float16
-    cache = trainer.teacher_cache
+    cache = trainer.teacher.cache
     teacher = trainer.distiller.teacher
     for epoch in (0, 1):
-        for images, _, index in list(trainer._fast_loader(epoch))[:3]:
+        for images, _, index in micro_batches(trainer, epoch)[:3]:
             live = teacher_forward(teacher, images, False).logits
             cached = cache.outputs(epoch, index).logits
             assert cached.dtype == torch.float32 and not cached.is_inference()
@@ -220,7 +227,8 @@ def test_cached_and_live_teacher_logits_agree(tmp_path, fake_fmnist, teacher_ckp
             assert not torch.equal(cached, live)  # it is the fp16-rounded value
             assert torch.equal(cached, live.half().float())
     # a run trains with them (CKD steps under the cache)
-    row = trainer.train_one_epoch(0)
+    trainer.fit(stop_after=1)
+    row = read_metrics(tmp_path / "run")[0]
     assert row["train_ckd"] > 0 and np.isfinite(row["train_loss"])
     # a second run with another student reuses the cache without rebuilding
     other = student_cfg(
@@ -282,10 +290,17 @@ def test_a_mismatched_cache_is_refused(tmp_path, fake_fmnist, teacher_ckpt, caps
     err = capsys.readouterr().err
     assert err.startswith("ckd: error: run.teacher_cache:") and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
-    # a corrupted cache fails the verification on the run's own batches
+    # a corrupted cache fails its checksum ...
     logits = np.load(cache_dir / "logits.npy", mmap_mode="r+")
     logits[0] += np.float16(0.5)
     logits.flush()
+    with pytest.raises(ConfigError, match="logits of epoch 1 do not match the checksum"):
+        Trainer(config_from_dict(cfg()), echo=quiet)
+    # ... and one wrong from the start (checksums of the wrong values) the verification on the
+    # run's own batches
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["checksums"]["blocks"]["logits"][0] = block_sha256(logits[0])
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest))
     del logits
     with pytest.raises(ConfigError, match="differ from the live teacher"):
         Trainer(config_from_dict(cfg()), echo=quiet)
@@ -310,9 +325,9 @@ def test_feature_cache_and_fallback_to_the_live_teacher(tmp_path, fake_fmnist, t
     assert main(["cache", "info", str(cache_dir)]) == 0
     assert main(["cache", "build", str(yaml_path)]) == 0  # up to date: nothing to do
     trainer = Trainer(config_from_dict(cfg), echo=quiet)
-    cache = trainer.teacher_cache
+    cache = trainer.teacher.cache
     assert cache.has_features
-    images, _, index = next(iter(trainer._fast_loader(0)))
+    images, _, index = micro_batches(trainer, 0)[0]
     live = teacher_forward(trainer.distiller.teacher, images, True)
     cached = cache.outputs(0, index, features=True)
     assert len(cached.feats) == len(live.feats) == 4
@@ -322,17 +337,12 @@ def test_feature_cache_and_fallback_to_the_live_teacher(tmp_path, fake_fmnist, t
     # a feature method with a logits-only cache runs the live teacher instead
     shutil.rmtree(cache_dir)
     assert main(["cache", "build", str(yaml_path)]) == 0
-    trainer.distiller.needs_features = True
+    trainer.distiller.needs = Needs(features=True)
     messages = []
-    trainer.echo = messages.append
-    assert trainer._open_teacher_cache(str(cache_dir)) is None
+    total = trainer.schedule.total
+    chosen = teacher_outputs(trainer.cfg, trainer.task, total, 0, messages.append)
+    assert isinstance(chosen, LiveTeacher)
     assert "running the live teacher" in messages[0]
-    # and a batch never hands a method teacher outputs without the features it reads: it runs
-    # the teacher after all
-    d = trainer.distiller
-    targets = torch.zeros(len(images), dtype=torch.long)
-    batch = Batch(d, images, targets, Outputs(d.student(images)), teacher=Outputs(live.logits))
-    assert len(batch.teacher.feats) == 4
 
 
 def test_bad_speed_settings_are_one_line_config_errors(tmp_path, fake_fmnist, teacher_ckpt):
@@ -343,7 +353,7 @@ def test_bad_speed_settings_are_one_line_config_errors(tmp_path, fake_fmnist, te
             "data": {"loader": "standard"},
             "run": {"teacher_cache": str(tmp_path / "c")},
         },
-        "data.aug_seed must be >= 0": {"data": {"aug_seed": -1}},
+        "data.aug_seed must be in": {"data": {"aug_seed": -1}},
     }
     for message, sections in cases.items():
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")) as e:
@@ -392,8 +402,9 @@ def test_compiled_teacher_gives_the_eager_teachers_logits(tmp_path, fake_fmnist,
     trainer = Trainer(config_from_dict(cfg), echo=quiet)
     eager = create_model("resnet8", 10, in_channels=1)
     eager.load_state_dict(load_checkpoint(teacher_ckpt)["model"])
-    images, _, _ = next(iter(trainer._fast_loader(0)))
+    images, _, _ = micro_batches(trainer, 0)[0]
     with torch.inference_mode():
         compiled = trainer.distiller.teacher(images)
         torch.testing.assert_close(compiled, eager.eval()(images), rtol=1e-4, atol=1e-4)
-    assert np.isfinite(trainer.train_one_epoch(0)["train_loss"])
+    trainer.fit(stop_after=1)
+    assert np.isfinite(read_metrics(tmp_path / "run")[0]["train_loss"])

@@ -577,9 +577,9 @@ def test_gradient_step_lowers_the_term_and_leaves_the_teacher_alone(name, studen
     # The batch is fixed and the teacher frozen: run it once, then reuse its outputs (CPU time).
     run_teacher, cache = d.teacher_outputs, []
 
-    def teacher_once(images):
+    def teacher_once(images, context=None):
         if not cache:
-            cache.append(run_teacher(images))
+            cache.append(run_teacher(images, context))
         return cache[0]
 
     d.teacher_outputs = teacher_once

@@ -550,14 +550,14 @@ def test_crd_banks_follow_the_batch_and_resume_exactly(student):
 def test_reviewkd_warms_up_and_fuses_to_the_teacher_shapes():
     d = distiller("reviewkd", "ShuffleV2")
     method = d.methods[0]
-    assert [method.warmup_factor(e) for e in (0, 9, 19, 50)] == [0.05, 0.5, 1.0, 1.0]
+    assert (method.options.warmup_epochs, method.options.warmup_iters) == (20, 0)
     x, y, index = batch(4)
     d.eval()
     terms = [d.forward_train(x, y, epoch=e, step=0, index=index)[1]["reviewkd"] for e in (0, 30)]
     assert terms[0].item() == pytest.approx(0.05 * terms[1].item(), rel=1e-5)
     from ckd.methods.base import Batch, run_network
 
-    b = Batch(d, x, y, run_network(d.student, x, True))
+    b = Batch(run_network(d.student, x, True), y, lambda: d.teacher_outputs(x))
     shapes_out = [tuple(f.shape) for f in method.fused(b)]
     assert shapes_out == [(4, 64, 32, 32), (4, 128, 16, 16), (4, 256, 8, 8), (4, 256, 1, 1)]
 
@@ -597,16 +597,14 @@ def test_first_batch_reads_preactivations_without_side_effects():
 
 @pytest.mark.parametrize("name", ["ofd", "reviewkd"])
 def test_teacher_outputs_given_to_the_batch(name):
-    """The trainer may give a batch the teacher's outputs computed under inference mode, or
-    cached ones (the teacher network then does not run): the pre-activations are still read,
-    as ordinary tensors, and the term is the same."""
-    from ckd.engine.trainer import live_teacher
-
+    """The trainer may give a batch the teacher's outputs computed elsewhere, or cached ones
+    (the teacher network then does not run): the pre-activations are still read, as ordinary
+    tensors, and the term is the same."""
     x, y, index = batch(4)
     want = _small(name).eval().forward_train(x, y, epoch=30, step=0, index=index)[1][name]
     d = _small(name).eval()
-    cached = live_teacher(d, x)
-    for source in (lambda: live_teacher(d, x), lambda: live_teacher(d, x), cached, cached):
+    cached = d.teacher_outputs(x)
+    for source in (lambda: d.teacher_outputs(x), lambda: d.teacher_outputs(x), cached, cached):
         got = d.forward_train(x, y, teacher=source, epoch=30, step=0, index=index)[1][name]
         got.backward()  # no inference tensor was saved for backward
         assert got.item() == pytest.approx(want.item(), rel=1e-6)
@@ -658,7 +656,7 @@ def test_options_validation_names_the_bad_value(name, field, value):
 def test_shipped_configs_and_the_reviewkd_ckd_combination(tmp_path):
     from ckd.config import load_config
     from ckd.data import dataset_info
-    from ckd.engine.build import build_distiller
+    from ckd.tasks.classification import build_distiller
 
     teacher = tmp_path / "resnet32x4.pth"
     torch.save(create_model("resnet32x4", num_classes=100).state_dict(), teacher)

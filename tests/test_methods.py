@@ -84,7 +84,14 @@ def test_kd_terms_are_the_weighted_losses():
 
 def test_dkd_warms_up_linearly_over_its_epochs():
     d = make("dkd", beta=2.0, warmup_epochs=20)
-    assert [d.methods[0].warmup_factor(e) for e in (0, 9, 19, 100)] == [0.05, 0.5, 1.0, 1.0]
+    from ckd.methods.base import Batch
+
+    def factor(epoch: int, step: int = 0, **warm: int) -> float:
+        return Batch(None, None, lambda: None, epoch=epoch, step=step).warmup(**warm)
+
+    assert [factor(e, epochs=20) for e in (0, 9, 19, 100)] == [0.05, 0.5, 1.0, 1.0]
+    assert [factor(3, s, iters=100) for s in (0, 49, 99, 500)] == [0.01, 0.5, 1.0, 1.0]
+    assert factor(0) == 1.0
     s, t, y, early = _terms(d, epoch=0)
     full = dkd_loss(s, t, y, 1.0, 2.0, 4.0)
     assert early["dkd"].item() == pytest.approx(0.05 * full.item(), rel=1e-5)

@@ -166,7 +166,7 @@ def test_load_weights_refuses_pickled_code(resnet8, tmp_path: Path) -> None:
     _, state, _ = resnet8
     path = tmp_path / "unsafe.pth"
     torch.save({"model": state, "extra": Path("x")}, path)  # a class weights_only refuses
-    with pytest.raises(ValueError, match="weights_only=True: Unsupported global"):
+    with pytest.raises(ValueError, match="weights_only=True refuses it: Unsupported global"):
         fresh_logits(path)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ckd.config import CONFIG_DIR, OptimConfig, load_config, read_yaml, shipped_configs
-from ckd.engine.schedule import learning_rate
+from ckd.engine.schedule import Schedule
 
 REFERENCE_FAMILIES = ("cifar100/", "imagenet/", "places365/")
 
@@ -26,25 +26,33 @@ def torch_cosine_per_epoch(lr: float, epochs: int, min_lr: float) -> list[float]
     return rates
 
 
+def rates(o: OptimConfig, steps_per_epoch: int) -> list[list[float]]:
+    """The learning rate of every step, epoch by epoch."""
+    schedule = Schedule.of(o, steps_per_epoch, batch_size=64)
+    return [
+        [schedule(e * steps_per_epoch + i) for i in range(steps_per_epoch)] for e in range(o.length)
+    ]
+
+
 @pytest.mark.parametrize("min_lr", [0.0, 0.001])
 def test_per_epoch_cosine_is_torchs_scheduler_stepped_once_per_epoch(min_lr):
     o = OptimConfig(epochs=30, lr=0.05, schedule="cosine", min_lr=min_lr, lr_update="epoch")
     want = torch_cosine_per_epoch(0.05, 30, min_lr)
-    for epoch, rate in enumerate(want):
-        got = {learning_rate(o, epoch, i, 7) for i in range(7)}
-        assert len(got) == 1  # constant within the epoch
-        assert got.pop() == pytest.approx(rate, rel=1e-12, abs=1e-15)
-    per_step = OptimConfig(epochs=30, lr=0.05, schedule="cosine", min_lr=min_lr)
-    assert learning_rate(per_step, 3, 6, 7) < learning_rate(per_step, 3, 0, 7)
-    assert learning_rate(per_step, 3, 0, 7) == pytest.approx(want[3], rel=1e-12)
+    for epoch, got in enumerate(rates(o, 7)):
+        assert len(set(got)) == 1  # constant within the epoch
+        assert got[0] == pytest.approx(want[epoch], rel=1e-12, abs=1e-15)
+    per_step = rates(OptimConfig(epochs=30, lr=0.05, schedule="cosine", min_lr=min_lr), 7)
+    assert per_step[3][6] < per_step[3][0] == pytest.approx(want[3], rel=1e-12)
 
 
 def test_step_schedule_is_the_same_either_way():
     kw = {"epochs": 240, "lr": 0.05, "schedule": "step", "milestones": [150, 180, 210]}
-    by_step, by_epoch = OptimConfig(**kw), OptimConfig(**kw, lr_update="epoch")
-    for epoch in (0, 149, 150, 180, 239):
-        for i in (0, 5, 99):
-            assert learning_rate(by_step, epoch, i, 100) == learning_rate(by_epoch, epoch, i, 100)
+    assert rates(OptimConfig(**kw), 5) == rates(OptimConfig(**kw, lr_update="epoch"), 5)
+
+
+def test_an_iteration_schedule_has_no_epochs_to_hold_the_rate_over():
+    kw = {"epochs": None, "iters": 100, "lr": 0.05, "schedule": "cosine", "milestones": []}
+    assert rates(OptimConfig(**kw), 10) == rates(OptimConfig(**kw, lr_update="epoch"), 10)
 
 
 def test_reference_recipes_update_the_lr_per_epoch_and_the_others_per_step():

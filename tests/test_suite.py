@@ -8,9 +8,9 @@ import math
 import pytest
 import yaml
 
+from ckd.bench.report import aggregate, markdown_report
+from ckd.bench.suite import load_suite, main_report, run_suite
 from ckd.errors import ConfigError
-from ckd.report import aggregate, markdown_report
-from ckd.suite import load_suite, main_report, run_suite
 
 
 def rows(values):
@@ -144,7 +144,7 @@ def test_a_bad_suite_fails_before_anything_runs(tmp_path, suite_file):
 def test_shipped_suites_load():
     from pathlib import Path
 
-    from ckd.suite import plan
+    from ckd.bench.suite import plan
 
     for path in sorted(Path(__file__).resolve().parents[1].glob("benchmarks/suites/*.yaml")):
         suite = load_suite(path)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ckd.bench.viz import class_correlation, correlation_difference
 from ckd.cli import main
 from ckd.config import config_from_dict
 from ckd.engine import Trainer
-from ckd.viz import class_correlation, correlation_difference
 from tests.conftest import tiny_config
 
 

@@ -1,25 +1,38 @@
-"""``ckd`` command line: train, eval, list, plot, demo.
+"""``ckd`` command line: parses the arguments and dispatches to the package; nothing else.
 
-Bad input (a config error, a missing file or dataset, a run folder that would be overwritten)
-prints one line ``ckd: error: ...`` on stderr and exits with code 2, having written nothing.
+Bad input (a config error, a missing, corrupt or unreadable file or dataset, a run folder that
+would be overwritten) prints one line ``ckd: error: ...`` on stderr and exits with code 2,
+having written nothing. A full disk is one line and exit code 2 as well (the file being written
+is left as it was); a closed standard output (``ckd list | head``) ends quietly with 141, as
+a process killed by SIGPIPE. ``key=value`` overrides may come before or after flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from ckd.errors import ConfigError, RunDirError
+from ckd.errors import CheckpointError, ConfigError, DataError, RunDirError, one_line
 from ckd.registry import UnknownNameError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     RunDirError,
     UnknownNameError,
+    DataError,
+    CheckpointError,
     FileNotFoundError,  # includes ckd.data.DataNotFoundError
 )
+#: OS errors of a full disk, as the one line they give.
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -27,116 +40,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ckd.engine import Trainer
     from ckd.engine.distributed import shutdown
 
-    config = args.config
-    overrides = list(args.overrides)
+    config, overrides = args.config, list(args.overrides)
     if Path(config).is_dir():  # a run folder: its saved config (with --resume to continue it)
         if not (Path(config) / "config.yaml").is_file():
             raise ConfigError(f"{config} is a folder without config.yaml")
         overrides = [f"run.out_dir={config}", *overrides]
         config = str(Path(config) / "config.yaml")
-    is_main = True
-    if _is_detection_config(config, overrides):
-        from ckd.detection.config import load_det_config
-        from ckd.detection.trainer import DetTrainer
-
-        det = load_det_config(config, overrides)
-        try:
-            det_trainer = DetTrainer(det, resume=args.resume)
-            is_main = det_trainer.dist.is_main
-            result = det_trainer.fit(stop_after=args.stop_after)
-        finally:
-            shutdown()
-    else:
-        cfg = load_config(config, overrides)
-        try:
-            trainer = Trainer(cfg, resume=args.resume)
-            is_main = trainer.dist.is_main
-            result = trainer.fit(stop_after=args.stop_after)
-        finally:
-            shutdown()  # leave the process group of a torchrun launch (no-op otherwise)
-    if args.json and is_main:
+    cfg = load_config(config, overrides)
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+        result = trainer.fit(stop_after=args.stop_after)
+    finally:
+        shutdown()  # leave the process group of a torchrun launch (no-op otherwise)
+    if args.json and trainer.runtime.is_main:
         print(json.dumps(result))
     return 0
 
 
-def _is_detection_config(config: str, overrides: list[str]) -> bool:
-    """Whether the config (file or shipped name, with overrides) says ``task: detection``."""
-    from ckd.config import apply_overrides, read_yaml, resolve_config_path
-    from ckd.detection.config import is_detection
-
-    path = resolve_config_path(config).resolve()
-    return is_detection(apply_overrides(read_yaml(path), overrides))
-
-
-def _cmd_make_shapes(args: argparse.Namespace) -> int:
-    from ckd.detection.shapes import make_shapes
-
-    for key in ("train", "val", "size", "max_shapes"):
-        if getattr(args, key) < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1; got {getattr(args, key)}")
-    root = make_shapes(args.out, args.train, args.val, args.size, args.max_shapes, args.seed)
-    print(f"wrote {root}: {args.train} train / {args.val} val images ({args.size}x{args.size})")
-    return 0
-
-
-def _load_for_eval(args: argparse.Namespace, path_arg: str, model_arg: str | None = None):
-    """(model, dataset name, data root, test loader) for a checkpoint: what its saved config
-    says (model, input normalisation, dataset), or ``--model``/``--data`` for a foreign one."""
-    import torch
-
-    from ckd.config import ModelConfig
-    from ckd.data import build_dataset, dataset_info, subset
-    from ckd.engine.build import build_model
-    from ckd.engine.checkpoint import load_checkpoint
-    from ckd.models import MODELS
-
-    path = Path(path_arg)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as e:  # not a checkpoint, or one weights_only refuses to unpickle
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{path}: cannot be read as a checkpoint: {reason[:200]}") from None
-    saved = ckpt.get("config") or {}
-    student = dict(saved.get("student") or {})
-    model_name = model_arg or student.get("name")
-    data = dict(saved.get("data") or {})
-    data_name = args.data or data.get("name")
-    if model_name is None or data_name is None:
-        raise ConfigError(
-            f"{path} carries no config: give --model (one of the zoo) and --data "
-            "(cifar100, cifar10, fashion_mnist)"
-        )
-    MODELS.get(model_name)
-    same = model_name == student.get("name")
-    model_cfg = ModelConfig(
-        model_name,
-        str(path),
-        input_mean=student.get("input_mean") if same else None,
-        input_std=student.get("input_std") if same else None,
-    )
-    root = args.data_root if args.data_root is not None else data.get("root")
-    model = build_model(model_cfg, dataset_info(data_name))
-    dataset = subset(build_dataset(data_name, root, train=False, augment=False), args.subset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0)
-    return model, model_name, data_name, loader
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ckd.engine.build import amp_dtype, pick_device
-    from ckd.engine.evaluate import evaluate
+    from torch.utils.data import DataLoader
 
-    model, model_name, data_name, loader = _load_for_eval(args, args.checkpoint, args.model)
+    from ckd.engine.evaluate import evaluate
+    from ckd.engine.runtime import amp_dtype, pick_device
+    from ckd.tasks.classification import checkpoint_model
+
+    model, model_name, data_name, test = checkpoint_model(
+        args.checkpoint, args.model, args.data, args.data_root, args.subset
+    )
     device = pick_device(args.device)
+    loader = DataLoader(test, batch_size=args.batch_size, num_workers=0)
     res = evaluate(model.to(device), loader, device, amp_dtype(args.amp, device))
-    path = args.checkpoint
     print(
-        f"{path}: {model_name} on {data_name} test ({res['n']} images): "
+        f"{args.checkpoint}: {model_name} on {data_name} test ({res['n']} images): "
         f"top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  loss {res['loss']:.4f}"
     )
     if args.json:
-        print(json.dumps({"checkpoint": str(path), "model": model_name, "data": data_name, **res}))
+        print(json.dumps({"checkpoint": args.checkpoint, "model": model_name, **res}))
     return 0
 
 
@@ -152,14 +91,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for name in MODELS:
             print(f"  {name:<12} {count_parameters(create_model(name, 100)):>12,}")
     if what in ("all", "methods"):
-        print("methods:")
+        print("methods (tasks they serve):")
         for name, cls in METHODS.items():
-            print(f"  {name:<10} {cls.description}  [{cls.paper}]")
-        from ckd.detection.methods import DET_METHODS
-
-        print("detection methods (task: detection):")
-        for name, cls in DET_METHODS.items():
-            print(f"  {name:<10} {cls.description}  [{cls.paper}]")
+            print(f"  {name:<10} {cls.description}  [{cls.paper}]  ({', '.join(cls.tasks)})")
     if what in ("all", "datasets"):
         print("datasets:")
         for name in DATASETS:
@@ -172,38 +106,35 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from ckd import plots, viz
-    from ckd.engine.build import pick_device
+    from ckd.bench import plots, viz
 
     out = Path(args.out)
     if args.kind == "curves":
         plots.plot_curves([Path(p) for p in args.runs], out)
+        print(f"wrote {out}")
     elif args.kind == "bars":
-        from ckd.report import find_runs
-
-        rows = [r for r in find_runs([Path(p) for p in args.runs]) if r["label"] != "teacher"]
-        if not rows:
-            raise ConfigError(f"no finished runs under {', '.join(args.runs)}")
-        plots.plot_bars(rows, out)
+        print(plots.bars_command([Path(p) for p in args.runs], out))
     else:
-        device = pick_device(args.device)
-        limit = args.subset
-        student, s_name, data_name, loader = _load_for_eval(args, args.student, args.model)
-        s_logits, s_embed, targets = viz.collect_outputs(student.to(device), loader, device, limit)
-        if args.kind == "tsne":
-            viz.plot_tsne(s_embed, targets, out, f"t-SNE of {s_name} embeddings ({data_name})")
-        else:
-            teacher, t_name, _, loader = _load_for_eval(args, args.teacher, args.teacher_model)
-            t_logits, _, _ = viz.collect_outputs(teacher.to(device), loader, device, limit)
-            diff = viz.correlation_difference(t_logits, s_logits)
-            viz.plot_correlation_difference(diff, out, f"{t_name} vs {s_name} ({data_name})")
-            print(f"mean |corr(teacher) - corr(student)| = {diff.mean():.4f}")
-    print(f"wrote {out}")
+        print(
+            viz.plot_command(
+                args.kind,
+                args.student,
+                out,
+                teacher=getattr(args, "teacher", None),
+                model=args.model,
+                teacher_model=getattr(args, "teacher_model", None),
+                data=args.data,
+                data_root=args.data_root,
+                subset=args.subset,
+                batch_size=args.batch_size,
+                device=args.device,
+            )
+        )
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ckd.suite import main_report
+    from ckd.bench.suite import main_report
 
     main_report(list(args.runs), args.out)
     return 0
@@ -216,41 +147,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from ckd.bench.suite import run_suite
+
+    run_suite(args.suite, list(args.overrides))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.what != "speed":
-        from ckd.suite import run_suite
+    if args.what != "speed":  # `ckd bench SUITE.yaml`: the earlier name of `ckd suite`
+        print(f"ckd: note: `ckd bench SUITE` is now `ckd suite {args.what}`", file=sys.stderr)
+        args.suite = args.what
+        return _cmd_suite(args)
+    from ckd.bench.speed import BenchSpec, speed_command
 
-        run_suite(args.what, list(args.overrides))
-        return 0
-    from ckd.engine.bench import (
-        DEFAULT_VARIANTS,
-        METHOD_LABELS,
-        PATHS,
-        BenchSpec,
-        bench_speed,
-        format_report,
-    )
-    from ckd.methods import METHODS
-    from ckd.models import MODELS
-
-    for name in (args.teacher, args.student):
-        MODELS.get(name)
-    for key in ("batch_size", "steps", "warmup", "rounds", "workers", "threads"):
-        value, least = getattr(args, key), 0 if key in ("warmup", "workers") else 1
-        if value is not None and value < least:
-            raise ConfigError(f"--{key.replace('_', '-')} must be >= {least}; got {value}")
-    variants = DEFAULT_VARIANTS
-    if args.variants:
-        variants = tuple(tuple(v.split(":", 1)) for v in args.variants.split(","))
-        for v in variants:
-            if len(v) != 2 or v[0] not in PATHS or v[1] not in METHOD_LABELS:
-                raise ConfigError(
-                    f"--variants: {':'.join(v)!r} is not PATH:METHOD with PATH one of "
-                    f"{', '.join(PATHS)} and METHOD one of {', '.join(METHOD_LABELS)}"
-                )
-            METHODS.get(v[1])
-            if v[0].startswith("cache") and v[1] == "vanilla":
-                raise ConfigError(f"--variants: {':'.join(v)} has no teacher to cache")
     spec = BenchSpec(
         teacher=args.teacher,
         student=args.student,
@@ -263,89 +173,33 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
     )
-    result = bench_speed(spec, variants, memory=not args.no_memory, profile=args.profile, echo=_say)
-    report = format_report(result)
+    report = speed_command(
+        spec, args.variants, not args.no_memory, args.profile, args.json, echo=_say
+    )
     print(report)
-    if args.profile:
-        for path, table in result.get("profiles", {}).items():
-            print(f"\ntorch.profiler, {PATHS[path]} (CKD), top operators by self time:\n{table}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
     return 0
 
 
-def _say(msg: str) -> None:
-    print(msg, flush=True)
+def _cmd_make_shapes(args: argparse.Namespace) -> int:
+    from ckd.detection.shapes import make_shapes
+
+    for key in ("train", "val", "size", "max_shapes"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= 1; got {getattr(args, key)}")
+    root = make_shapes(args.out, args.train, args.val, args.size, args.max_shapes, args.seed)
+    print(f"wrote {root}: {args.train} train / {args.val} val images ({args.size}x{args.size})")
+    return 0
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    import shutil
-
-    from ckd.config import load_config
-
     if args.action == "info":
-        manifest = Path(args.config) / "manifest.json"
-        if not manifest.is_file():
-            raise ConfigError(f"{args.config} is not a teacher cache (no manifest.json)")
-        m = json.loads(manifest.read_text())
-        feats = "with features" if m.get("features") else "logits only"
-        print(
-            f"{args.config}: teacher {m['teacher']['name']} "
-            f"(sha256 {m['teacher']['checkpoint_sha256'][:12]}), {m['dataset']['name']} "
-            f"{m['dataset']['num_train']} train views x {m['epochs']} epochs, "
-            f"aug_seed {m['aug_seed']}, {feats}, built on {m['built']['device']} "
-            f"in {m['built']['seconds']} s"
-        )
-        return 0
-    import torch
+        from ckd.engine.cache import describe
 
-    from ckd.data.fast import memory_data
-    from ckd.engine.build import build_data, build_model, pick_device
-    from ckd.engine.cache import build_cache, cache_identity, open_cache
-    from ckd.engine.trainer import channels_last_enabled
-
-    overrides = [*args.overrides, "data.loader=fast"]
-    if args.out:
-        overrides.append(f"run.teacher_cache={args.out}")
-    cfg = load_config(args.config, overrides)
-    folder = cfg.run.teacher_cache
-    if folder is None:
-        raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
-    if cfg.teacher is None:
-        raise ConfigError(f"cache build: method {cfg.method.name!r} uses no teacher")
-    device = pick_device(cfg.run.device)
-    channels_last = channels_last_enabled(cfg.run.channels_last, device)
-    data = build_data(cfg.data, seed=cfg.run.seed)
-    train = memory_data(data.train, device, cfg.data.name)
-    teacher = build_model(cfg.teacher, data.info).to(device).eval()
-    if channels_last:
-        teacher.to(memory_format=torch.channels_last)
-    identity = cache_identity(cfg, train)
-    if args.force and Path(folder).exists():
-        shutil.rmtree(folder)
-    cache = open_cache(folder, identity, cfg.optim.epochs)
-    if cache is not None and (cache.has_features or not args.features):
-        print(f"{folder}: up to date ({cache.epochs} epochs); nothing to do")
+        print(describe(args.config))
         return 0
-    if cache is not None:
-        raise ConfigError(f"{folder} holds logits only; rebuild it with --features --force")
-    cache = build_cache(
-        folder,
-        teacher,
-        train,
-        identity,
-        cfg.optim.epochs,
-        batch_size=max(cfg.data.batch_size, cfg.data.test_batch_size),
-        channels_last=channels_last,
-        features=args.features,
-        echo=_say,
-    )
-    size = sum(f.stat().st_size for f in Path(folder).iterdir()) / 2**20
-    print(
-        f"wrote {folder}: {cache.epochs} epochs x {len(train)} views, {size:.1f} MiB, "
-        f"in {cache.manifest['built']['seconds']} s"
-    )
+    from ckd.engine.teacher import cache_command
+
+    print(cache_command(args.config, args.overrides, args.out, args.features, args.force, _say))
     return 0
 
 
@@ -361,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-after",
         type=int,
         default=None,
-        metavar="EPOCH",
-        help="stop after this epoch (detection: iteration); continue later with --resume",
+        metavar="N",
+        help="stop after N epochs (iterations, for an iteration schedule); continue later "
+        "with --resume",
     )
     t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     t.set_defaults(func=_cmd_train)
@@ -425,11 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="key.path=value applied to every run")
     d.set_defaults(func=_cmd_demo)
 
-    b = sub.add_parser(
-        "bench", help="SUITE.yaml: a fair multi-seed suite; speed: input paths side by side"
-    )
-    b.add_argument("what", help="a suite YAML file, or 'speed'")
-    b.add_argument("overrides", nargs="*", help="suite: key.path=value for the suite file")
+    s = sub.add_parser("suite", help="a fair multi-seed benchmark suite (SUITE.yaml)")
+    s.add_argument("suite", help="a suite YAML file")
+    s.add_argument("overrides", nargs="*", help="key.path=value for the suite file")
+    s.set_defaults(func=_cmd_suite)
+
+    b = sub.add_parser("bench", help="speed: the input paths side by side, images/s")
+    b.add_argument("what", help="'speed' (a suite file here is the earlier `ckd suite`)")
+    b.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
     b.add_argument("--teacher", default="resnet56")
     b.add_argument("--student", default="resnet20")
     b.add_argument("--batch-size", type=int, default=64)
@@ -469,18 +327,43 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="key.path=value, as for train")
     c.add_argument("--out", default=None, help="the cache folder (default: run.teacher_cache)")
     c.add_argument("--features", action="store_true", help="also the teacher's features")
-    c.add_argument("--force", action="store_true", help="replace what is in the folder")
+    c.add_argument(
+        "--force", action="store_true", help="replace the teacher cache that is in the folder"
+    )
     c.set_defaults(func=_cmd_cache)
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``key=value`` overrides may also follow flags
+    (``ckd train CFG --resume a=1``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and not any(x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except USER_ERRORS as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"ckd: error: {msg}", file=sys.stderr)
+        print(f"ckd: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader left (`ckd list | head`): stop quietly, as tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as if killed by SIGPIPE
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        where = f" (writing {e.filename})" if e.filename else ""
+        print(f"ckd: error: {DISK_FULL[e.errno]}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

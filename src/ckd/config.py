@@ -1,8 +1,14 @@
 """The run configuration: a validated schema loaded from YAML plus ``key=value`` overrides.
 
-Everything is checked before anything runs or is written: unknown keys, wrong types, unknown
-model/method/dataset names, missing files and out-of-range numbers each raise a
-:class:`~ckd.errors.ConfigError` whose one-line message names the bad value and what is allowed.
+One schema for every task: ``task:`` (``classification`` by default, or ``detection``) selects
+the task's ``data`` and model (``student``, ``teacher``) sections, and the task's other sections
+(a detector's ``input`` and ``detector``); ``method``, ``optim`` and ``run`` are shared. A config
+is read once (:func:`load_config`), each default is defined once (a field's default, or a task's
+``SECTION_DEFAULTS`` / a method's ``TASK_DEFAULTS`` where a task differs), derived values are
+resolved once while building, and then checked: values first (:func:`validate`), then the files
+they name (:func:`check_files`). Every bad input raises a :class:`~ckd.errors.ConfigError`
+whose one-line message names the bad value and what is allowed, before anything runs or is
+written.
 
 A config file may start with ``_base_: other.yaml`` (relative to the file); its mapping is then
 merged over the base's, key by key.
@@ -10,16 +16,17 @@ merged over the base's, key by key.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 from ckd.methods import METHODS, MethodOptions
-from ckd.registry import Registry
+from ckd.safe_yaml import describe_yaml_error, load_yaml
 from ckd.schema import build, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -37,6 +44,11 @@ class DataConfig:
     test_subset: int | None = None
     augment: bool = True
     download: bool = False  # let torchvision download when online (never needed offline)
+    # Check the files against their published checksums (CIFAR: torchvision's md5 list). Only
+    # data generated as a stand-in (tests, `ckd bench speed`) sets it false; nothing inside a
+    # data folder can turn the check off, and CIFAR's pickles are read without running code
+    # either way (ckd.data.safe_pickle).
+    verify: bool = True
     # standard: per-image transforms in DataLoader workers. fast: the training set held once as
     # uint8 on the run's device, crop/flip/normalise applied to whole batches there, each
     # (epoch, sample)'s augmentation drawn from (aug_seed, epoch) so it can be replayed
@@ -61,20 +73,26 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = 240
+    # The schedule's length in epochs, or in iterations (optimisation steps) when ``iters`` is
+    # set (then ``epochs`` is null). Milestones, warm-up and run.{eval,log,checkpoint}_every
+    # count in that unit.
+    epochs: int | None = 240
+    iters: int | None = None
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: Literal["step", "cosine", "constant"] = "step"
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # step: epochs
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # step: in the unit
     gamma: float = 0.1  # step: factor at each milestone
-    warmup_epochs: float = 0.0  # linear warm-up from 0, per iteration
+    warmup_epochs: float = 0.0  # linear warm-up from 0, per step, over this many epochs
+    warmup_iters: int = 0  # ... or this many iterations (one of the two)
     min_lr: float = 0.0  # cosine: final learning rate
     # When the learning rate changes: every optimisation step (step), or once per epoch, held
     # at its value for the epoch's first step (epoch: what the reference code does, whose
     # CosineAnnealingLR steps once per epoch; the shipped reference recipes set it). The step
-    # schedule changes only at epoch boundaries either way.
+    # schedule changes only at epoch boundaries either way; an iteration schedule (iters) has
+    # no epochs to hold the rate over and updates it every step.
     lr_update: Literal["step", "epoch"] = "step"
     # Gradient accumulation: each optimisation step sums the gradients of accum_steps
     # micro-batches per process (data.batch_size, the global batch, is cut into processes x
@@ -83,6 +101,16 @@ class OptimConfig:
     # Linear learning-rate scaling (Goyal et al., 2017): when set, lr and min_lr are the rates
     # for a global batch of this size and are multiplied by data.batch_size / lr_reference_batch.
     lr_reference_batch: int | None = None
+
+    @property
+    def unit(self) -> str:
+        """``epoch`` or ``iteration``: what the schedule's counts count."""
+        return "epoch" if self.iters is None else "iteration"
+
+    @property
+    def length(self) -> int:
+        """The schedule's length in its unit."""
+        return self.iters if self.iters is not None else self.epochs  # type: ignore[return-value]
 
 
 @dataclass
@@ -108,6 +136,13 @@ class RunConfig:
     # SyncBatchNorm for the student under torchrun (CUDA only): BN statistics over the global
     # micro-batch instead of each process's share.
     sync_bn: bool = False
+    eval_teacher: bool = True  # evaluate the teacher once before training
+    # In the schedule's unit (optim.epochs or optim.iters): evaluate (and keep best.pt) every N
+    # (null: at the end of every epoch); write last.pt every N (null: at every evaluation); log
+    # a row of training losses every N (null: at every evaluation).
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    log_every: int | None = None
 
 
 @dataclass
@@ -132,12 +167,18 @@ class MethodConfig:
         return d
 
 
-@dataclass
-class Config:
-    data: DataConfig
-    student: ModelConfig
+@dataclass(kw_only=True)
+class BaseConfig:
+    """What every task's config holds; a task's config adds its data and model sections."""
+
+    #: Defaults of shared sections that differ for this task: ``{section: {key: value}}``,
+    #: merged beneath the config's own values.
+    SECTION_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Section keys in the order they are written (``config.yaml``).
+    ORDER: ClassVar[tuple[str, ...]] = ("task", "description", "data", "student", "teacher")
+
+    task: str
     method: MethodConfig
-    teacher: ModelConfig | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     description: str = ""
@@ -147,10 +188,129 @@ class Config:
         """Plain mapping that :func:`config_from_dict` turns back into the same config."""
         d = to_dict(self)
         d["method"] = self.method.to_dict()
-        return d
+        first = [k for k in self.ORDER if k in d]
+        return {k: d[k] for k in [*first, *(k for k in d if k not in first)]}
 
     def default_out_dir(self) -> Path:
         return Path("runs") / config_name(self.source or "run") / f"seed{self.run.seed}"
+
+    def paths(self) -> dict[str, str | None]:
+        """The paths the config names, by key (checked for length before anything runs)."""
+        return {"run.out_dir": self.run.out_dir, "run.teacher_cache": self.run.teacher_cache}
+
+    def resolve(self) -> None:
+        """Settle values derived from others (once, while building)."""
+
+    def validate(self) -> None:
+        """This task's value checks (beyond the shared ones of :func:`validate`)."""
+
+    def check_files(self) -> None:
+        """This task's checks of the files its values name."""
+
+
+@dataclass(kw_only=True)
+class Config(BaseConfig):
+    """A classification run: a dataset of labelled images, classifier models."""
+
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+
+    def paths(self) -> dict[str, str | None]:
+        models = {"student": self.student, "teacher": self.teacher}
+        return {
+            **super().paths(),
+            "data.root": self.data.root,
+            **{f"{k}.checkpoint": m.checkpoint for k, m in models.items() if m is not None},
+        }
+
+    def resolve(self) -> None:
+        if self.data.loader == "fast" and self.data.aug_seed is None:
+            self.data.aug_seed = self.run.seed  # the augmentation's seed defaults to the run's
+
+    def validate(self) -> None:
+        from ckd.data import DATASETS
+        from ckd.models import MODELS
+
+        d = self.data
+        _require(
+            d.name in DATASETS,
+            f"data.name: unknown dataset {show(d.name)}; known: {', '.join(DATASETS)}",
+        )
+        for role in ("student", "teacher"):
+            m = getattr(self, role)
+            if m is None:
+                continue
+            _require(
+                m.name in MODELS,
+                f"{role}.name: unknown model {show(m.name)}; known: {', '.join(MODELS)}",
+            )
+            if m.pretrained:
+                _require(
+                    m.name.startswith("tv:"),
+                    f"{role}.pretrained is for torchvision models (tv:<name>); got {show(m.name)}",
+                )
+                _require(
+                    m.checkpoint is None,
+                    f"{role}: give checkpoint or pretrained=true, not both",
+                )
+            _require(
+                (m.input_mean is None) == (m.input_std is None),
+                f"{role}.input_mean and {role}.input_std go together; got only "
+                f"{'input_mean' if m.input_std is None else 'input_std'}",
+            )
+            if m.input_mean is not None and m.input_std is not None:
+                channels = DATASETS.get(d.name).info.in_channels
+                for key in ("input_mean", "input_std"):
+                    v = getattr(m, key)
+                    _require(
+                        len(v) == channels,
+                        f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; "
+                        f"got {show(v)}",
+                    )
+                _require(
+                    all(x > 0 for x in m.input_std),
+                    f"{role}.input_std must be > 0; got {show(m.input_std)}",
+                )
+        for key in ("train_subset", "test_subset"):
+            v = getattr(d, key)
+            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
+        _require(
+            d.aug_seed is None or 0 <= d.aug_seed <= MAX_SEED,
+            f"data.aug_seed must be in [0, 2**63 - 1] or null; got {show(d.aug_seed)}",
+        )
+        _require(
+            d.aug_seed is None or d.loader == "fast",
+            f"data.aug_seed is for data.loader=fast; got data.loader={d.loader!r}",
+        )
+        r = self.run
+        if r.teacher_cache is not None:
+            _require(
+                r.teacher_cache.strip() != "",
+                "run.teacher_cache must be a folder path or null; got ''",
+            )
+            _require(
+                d.loader == "fast",
+                f"run.teacher_cache needs data.loader=fast (the standard loader's augmentation "
+                f"cannot be replayed); got data.loader={d.loader!r}",
+            )
+        if r.compile is not False:
+            feature_methods = [m.name for m in self.method.parts() if _method(m).needs_features]
+            if feature_methods:
+                raise ConfigError(
+                    f"run.compile: method {feature_methods[0]!r} reads features through hooks, "
+                    "which torch.compile would retrace every step; set run.compile=false"
+                )
+
+    def check_files(self) -> None:
+        for role in ("student", "teacher"):
+            m = getattr(self, role)
+            if m is not None and m.checkpoint is not None:
+                _require(
+                    Path(m.checkpoint).is_file(),
+                    f"{role}.checkpoint: file {show(m.checkpoint)} does not exist",
+                )
 
 
 def config_name(path: str | Path) -> str:
@@ -173,7 +333,8 @@ def resolve_config_path(name: str | Path) -> Path:
         if candidate.is_file():
             return candidate
     raise ConfigError(
-        f"config {str(name)!r} not found: not a file, nor a shipped config (see `ckd list configs`)"
+        f"config {show(str(name))} not found: not a file, nor a shipped config "
+        "(see `ckd list configs`)"
     )
 
 
@@ -190,17 +351,31 @@ def shipped_configs(task: Literal["classification", "detection"] = "classificati
     return detection if task == "detection" else [n for n in names if n not in detection]
 
 
+#: Most ``_base_`` files a config may chain.
+MAX_BASES = 32
+
+
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping, its ``_base_`` files merged under it (see :mod:`ckd.safe_yaml`
+    for what is refused)."""
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle")
+    if len(seen) >= MAX_BASES:
+        raise ConfigError(f"{path}: more than {MAX_BASES} _base_ files in a chain")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+        ) from None
+    try:
+        data = load_yaml(text, str(path))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{path}: invalid YAML{describe_yaml_error(e)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -208,6 +383,8 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = data.pop("_base_", None)
     if base is None:
         return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: _base_ must be a file name; got {show(base)}")
     return _merge(read_yaml((path.parent / base).resolve(), (*seen, path)), data)
 
 
@@ -219,18 +396,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.S)
+#: Most dotted parts of an override's key (a config nests 4 or 5 deep).
+MAX_KEY_PARTS = 16
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``),
+    with the limits of :mod:`ckd.safe_yaml`; text that is not valid YAML is taken as a string."""
     data = _merge({}, data)
     for item in overrides:
         m = _OVERRIDE.match(item)
         if not m:
-            raise ConfigError(f"bad override {item!r}; expected key.path=value")
+            raise ConfigError(f"bad override {show(item)}; expected key.path=value")
         keys, raw = m.group(1).split("."), m.group(2)
+        if len(keys) > MAX_KEY_PARTS:
+            raise ConfigError(
+                f"override {show(m.group(1))}: more than {MAX_KEY_PARTS} dotted parts"
+            )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw, f"override {m.group(1)}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = data
@@ -243,38 +427,79 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def method_from_dict(
-    data: Any, where: str = "method", nested: bool = True, registry: Registry | None = None
+    data: Any, where: str = "method", nested: bool = True, task: str = "classification"
 ) -> MethodConfig:
-    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``; the
-    names come from ``registry`` (default: the classification methods)."""
-    methods = METHODS if registry is None else registry
+    """A validated :class:`MethodConfig` from ``{name: ..., options..., also: [...]}``: the
+    methods of the registry that serve ``task``, each option defaulted by the method's
+    ``TASK_DEFAULTS`` for ``task`` where it has one, else by its field default."""
+    known = [n for n, cls in METHODS.items() if task in cls.tasks]
     if not isinstance(data, dict) or "name" not in data:
-        raise ConfigError(f"{where}: expected a mapping with a name, one of {methods.names()}")
+        raise ConfigError(f"{where}: expected a mapping with a name, one of {', '.join(known)}")
     data = dict(data)
     name = data.pop("name")
-    if name not in methods:
-        raise ConfigError(f"{where}.name: unknown method {name!r}; known: {', '.join(methods)}")
+    if not isinstance(name, str) or name not in known:
+        bad = not isinstance(name, str) or name not in METHODS
+        what = "unknown method" if bad else f"method not available for {task}:"
+        raise ConfigError(f"{where}.name: {what} {show(name)}; known: {', '.join(known)}")
     also = data.pop("also", []) if nested else []
     if not isinstance(also, list):
-        raise ConfigError(f"{where}.also: expected a list of methods, got {also!r}")
-    options = build(methods.get(name).Options, data, where)
+        raise ConfigError(f"{where}.also: expected a list of methods, got {show(also)}")
+    options_cls = METHODS.get(name).Options
+    options = build(options_cls, {**options_cls.TASK_DEFAULTS.get(task, {}), **data}, where)
     parts = [
-        method_from_dict(m, f"{where}.also[{i}]", nested=False, registry=methods)
+        method_from_dict(m, f"{where}.also[{i}]", nested=False, task=task)
         for i, m in enumerate(also)
     ]
     return MethodConfig(name, options, parts)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Typed, fully validated config from a plain mapping."""
+#: Keys a release moved, for a one-line migration error (and to read older runs' configs).
+MOVED = {
+    "optim.log_every": "run.log_every",
+    "optim.eval_every": "run.eval_every",
+    "optim.checkpoint_every": "run.checkpoint_every",
+}
+
+
+def _migrate(data: dict[str, Any], silently: bool) -> dict[str, Any]:
+    """Move the keys of :data:`MOVED` (``silently``: a saved config of an older run), or name
+    the first one found."""
+    for old, new in MOVED.items():
+        (s0, k0), (s1, k1) = old.split("."), new.split(".")
+        section = data.get(s0)
+        if isinstance(section, dict) and k0 in section:
+            if not silently:
+                raise ConfigError(f"{old} is now {new}; move it there")
+            data = {**data, s0: {k: v for k, v in section.items() if k != k0}}
+            data[s1] = {**(data.get(s1) or {}), k1: section[k0]}
+    return data
+
+
+def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = False) -> BaseConfig:
+    """Typed, fully validated config from a plain mapping (its ``task`` picks the schema);
+    ``files``: also check the files it names; ``saved``: a run's own saved config (older
+    layouts accepted)."""
+    from ckd.tasks import TASKS
+
     data = dict(data)
-    method = method_from_dict(data.pop("method", None))
-    cfg = build(Config, data, "", given={"method": method})
+    task = data.get("task", "classification")
+    if task not in TASKS:
+        raise ConfigError(f"task: unknown task {show(task)}; known: {', '.join(TASKS)}")
+    cls = TASKS.get(task).Config
+    data = _merge(cls.SECTION_DEFAULTS, _migrate(data, silently=saved))
+    optim = data.get("optim")
+    if isinstance(optim, dict) and optim.get("iters") is not None and "epochs" not in optim:
+        data["optim"] = {**optim, "epochs": None}  # an iteration schedule has no epochs
+    method = method_from_dict(data.pop("method", None), task=task)
+    cfg = build(cls, data, "", given={"method": method})
+    cfg.resolve()
     validate(cfg)
+    if files:
+        check_files(cfg)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | None = None) -> BaseConfig:
     """Read, merge, override and validate a config file (or a shipped config's name)."""
     p = resolve_config_path(path)
     data = apply_overrides(read_yaml(p.resolve()), overrides or [])
@@ -289,95 +514,69 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_method_and_loading(method: MethodConfig, d: Any, subsets: tuple[str, ...]) -> None:
-    """The checks classification and detection configs share: every method part's options, and
-    the data section's batch sizes, workers and subset sizes (``subsets``: their keys)."""
-    for part in method.parts():
+def _method(part: MethodConfig) -> Any:
+    return METHODS.get(part.name)
+
+
+def validate(cfg: BaseConfig) -> None:
+    """The value checks every task shares (method, loading, optim, run), then the task's."""
+    d, o, r = cfg.data, cfg.optim, cfg.run  # type: ignore[attr-defined]
+    for part in cfg.method.parts():
         try:
             part.options.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {getattr(d, key)}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {d.num_workers}")
-    for key in subsets:
-        v = getattr(d, key)
-        _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {v}")
-
-
-def validate(cfg: Config) -> None:
-    """Semantic checks beyond types: names, files and ranges."""
-    from ckd.data import DATASETS
-    from ckd.models import MODELS
-
-    d, o, r = cfg.data, cfg.optim, cfg.run
-    _require(
-        d.name in DATASETS, f"data.name: unknown dataset {d.name!r}; known: {', '.join(DATASETS)}"
-    )
-    for role in ("student", "teacher"):
-        m = getattr(cfg, role)
-        if m is None:
-            continue
-        _require(
-            m.name in MODELS,
-            f"{role}.name: unknown model {m.name!r}; known: {', '.join(MODELS)}",
-        )
-        if m.checkpoint is not None:
-            _require(
-                Path(m.checkpoint).is_file(),
-                f"{role}.checkpoint: file {m.checkpoint!r} does not exist",
-            )
-        if m.pretrained:
-            _require(
-                m.name.startswith("tv:"),
-                f"{role}.pretrained is for torchvision models (tv:<name>); got {m.name!r}",
-            )
-            _require(
-                m.checkpoint is None,
-                f"{role}: give checkpoint or pretrained=true, not both",
-            )
-        _require(
-            (m.input_mean is None) == (m.input_std is None),
-            f"{role}.input_mean and {role}.input_std go together; got only "
-            f"{'input_mean' if m.input_std is None else 'input_std'}",
-        )
-        if m.input_mean is not None and m.input_std is not None:
-            channels = DATASETS.get(d.name).info.in_channels
-            for key in ("input_mean", "input_std"):
-                v = getattr(m, key)
-                _require(
-                    len(v) == channels,
-                    f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; got {v}",
-                )
-            _require(
-                all(x > 0 for x in m.input_std),
-                f"{role}.input_std must be > 0; got {m.input_std}",
-            )
-    needing = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_teacher]
+    needing = [m.name for m in cfg.method.parts() if _method(m).needs_teacher]
+    teacher = getattr(cfg, "teacher", None)
     if needing:
         _require(
-            cfg.teacher is not None
-            and (cfg.teacher.checkpoint is not None or cfg.teacher.pretrained),
-            f"method {needing[0]!r} needs a teacher: set teacher.name and "
+            teacher is not None and teacher_given(teacher),
+            f"method {needing[0]!r} needs a teacher: set the teacher section and "
             "teacher.checkpoint (a file trained with method vanilla, or a reference checkpoint)",
         )
     else:
         _require(
-            cfg.teacher is None,
+            teacher is None,
             f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
         )
-    validate_method_and_loading(cfg.method, d, ("train_subset", "test_subset"))
-    _require(o.epochs >= 1, f"optim.epochs must be >= 1; got {o.epochs}")
-    _require(o.lr > 0, f"optim.lr must be > 0; got {o.lr}")
-    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {o.momentum}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {o.weight_decay}")
-    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {o.gamma}")
+        _require(
+            r.teacher_cache is None,
+            f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
+        )
+    for key in ("batch_size", "test_batch_size"):
+        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {show(getattr(d, key))}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {show(d.num_workers)}")
     _require(
-        0 <= o.warmup_epochs < o.epochs,
-        f"optim.warmup_epochs must be in [0, epochs={o.epochs}); got {o.warmup_epochs}",
+        (o.epochs is None) != (o.iters is None),
+        "optim: give epochs or iters (one of the two); "
+        f"got epochs={show(o.epochs)}, iters={show(o.iters)}",
     )
-    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {o.min_lr}")
-    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {o.accum_steps}")
+    _require(
+        o.length >= 1,
+        f"optim.{'epochs' if o.iters is None else 'iters'} must be >= 1; got {show(o.length)}",
+    )
+    _require(o.lr > 0, f"optim.lr must be > 0; got {show(o.lr)}")
+    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {show(o.momentum)}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {show(o.weight_decay)}")
+    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {show(o.gamma)}")
+    _require(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0; got {show(o.warmup_epochs)}")
+    _require(o.warmup_iters >= 0, f"optim.warmup_iters must be >= 0; got {show(o.warmup_iters)}")
+    _require(
+        not (o.warmup_epochs and o.warmup_iters),
+        "optim: give warmup_epochs or warmup_iters, not both",
+    )
+    if o.iters is None:
+        _require(
+            o.warmup_epochs < o.length,
+            f"optim.warmup_epochs must be in [0, epochs={o.length}); got {show(o.warmup_epochs)}",
+        )
+    else:
+        _require(
+            o.warmup_iters < o.length,
+            f"optim.warmup_iters must be in [0, iters={o.length}); got {show(o.warmup_iters)}",
+        )
+    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {show(o.min_lr)}")
+    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {show(o.accum_steps)}")
     _require(
         d.batch_size % o.accum_steps == 0,
         f"data.batch_size={d.batch_size} (the global batch) must be a multiple of "
@@ -385,43 +584,66 @@ def validate(cfg: Config) -> None:
     )
     _require(
         o.lr_reference_batch is None or o.lr_reference_batch >= 1,
-        f"optim.lr_reference_batch must be >= 1 or null; got {o.lr_reference_batch}",
+        f"optim.lr_reference_batch must be >= 1 or null; got {show(o.lr_reference_batch)}",
     )
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
-    if o.schedule == "step":  # milestones past the last epoch are allowed (they never fire)
+    if o.schedule == "step":  # milestones past the end are allowed (they never fire)
         _require(
             all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
-            f"optim.milestones must be increasing positive epochs; got {o.milestones}",
+            f"optim.milestones must be increasing positive {o.unit}s; got {show(o.milestones)}",
         )
     _require(
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
-        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {r.device!r}",
+        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
     )
-    _require(
-        d.aug_seed is None or d.aug_seed >= 0,
-        f"data.aug_seed must be >= 0 or null; got {d.aug_seed}",
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        v = getattr(r, key)
+        _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {show(v)}")
+    _require(0 <= r.seed <= MAX_SEED, f"run.seed must be in [0, 2**63 - 1]; got {show(r.seed)}")
+    for key, value in cfg.paths().items():
+        check_path(key, value)
+    cfg.validate()
+
+
+#: Largest seed: torch and the per-epoch seeds take 63-bit integers.
+MAX_SEED = 2**63 - 1
+#: Longest path, and longest file or folder name, Linux accepts (PATH_MAX, NAME_MAX), in bytes.
+PATH_MAX, NAME_MAX = 4095, 255
+
+
+def check_path(key: str, value: str | None) -> None:
+    """A path a config names: no NUL character, at most PATH_MAX bytes, no name over NAME_MAX
+    (checked before anything touches it, so the OS never fails on it mid-run)."""
+    if value is None:
+        return
+    _require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
+    size = len(value.encode("utf-8"))
+    _require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")
+    for name in Path(value).parts:
+        size = len(name.encode("utf-8"))
+        _require(
+            size <= NAME_MAX,
+            f"{key}: the name {show(name)} has {size} bytes; at most {NAME_MAX} per file or folder",
+        )
+
+
+def teacher_given(teacher: Any) -> bool:
+    """Whether a teacher section says where its weights come from."""
+    return any(
+        getattr(teacher, key, None) not in (None, False)
+        for key in ("checkpoint", "pretrained", "weights")
     )
-    _require(
-        d.aug_seed is None or d.loader == "fast",
-        f"data.aug_seed is for data.loader=fast; got data.loader={d.loader!r}",
-    )
-    if r.teacher_cache is not None:
+
+
+def check_files(cfg: BaseConfig) -> None:
+    """The checks of the files a (value-checked) config names: ``run.out_dir`` a folder (or
+    absent) whose existing parent is a folder, then the task's."""
+    out_dir = cfg.run.out_dir
+    if out_dir is not None:
+        out = Path(out_dir)
+        parent = next((p for p in (out, *out.parents) if os.path.lexists(p)), None)
         _require(
-            r.teacher_cache.strip() != "", "run.teacher_cache must be a folder path or null; got ''"
+            parent is None or os.path.isdir(parent),
+            f"run.out_dir: {show(str(parent))} is a file, not a folder",
         )
-        _require(
-            d.loader == "fast",
-            f"run.teacher_cache needs data.loader=fast (the standard loader's augmentation "
-            f"cannot be replayed); got data.loader={d.loader!r}",
-        )
-        _require(
-            cfg.teacher is not None,
-            f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
-        )
-    if r.compile is not False:
-        feature_methods = [m.name for m in cfg.method.parts() if METHODS.get(m.name).needs_features]
-        if feature_methods:
-            raise ConfigError(
-                f"run.compile: method {feature_methods[0]!r} reads features through hooks, which "
-                "torch.compile would retrace every step; set run.compile=false"
-            )
+    cfg.check_files()

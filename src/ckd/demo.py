@@ -11,9 +11,9 @@ import functools
 import json
 from pathlib import Path
 
+from ckd.bench.plots import plot_curves
 from ckd.config import load_config
 from ckd.engine import Trainer
-from ckd.plots import plot_curves
 
 say = functools.partial(print, flush=True)  # progress shows up in logs at once
 

@@ -2,18 +2,24 @@
 
 :func:`build` turns a plain mapping (from YAML) into a dataclass instance, checking every key and
 type and naming the first bad one with what is allowed, e.g.
-``optim.lr: expected a number, got 'fast'`` or ``unknown key optim.lrr; allowed: lr, momentum``.
+``optim.lr: expected a finite number, got 'fast'`` or
+``unknown key optim.lrr; allowed: lr, momentum``.
+
+Numbers must be finite (``.inf`` and ``.nan`` are refused for every float field), integers
+fit in 64 bits and strings are UTF-8 text; values are printed through :func:`ckd.errors.show`
+(cut to 200 characters).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union
 
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 
 T = TypeVar("T")
 
@@ -29,7 +35,7 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if tp is float:
-        return "a number"
+        return "a finite number"
     if tp is int:
         return "an integer"
     if tp is bool:
@@ -49,24 +55,28 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             for arg in args:
                 if dataclasses.is_dataclass(arg):
                     return build(arg, value, where)
+        errors = []
         for arg in args:
             try:
                 return _convert(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError as e:
+                errors.append((arg, e))
+        others = [e for arg, e in errors if arg is not type(None)]
+        if value is not None and len(others) == 1 and "expected" in str(others[0]):
+            raise others[0]  # X or null given something else: X's own, more precise, error
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
     if origin is list:
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {show(value)}")
         return dict(value)
     if tp is type(None):
         if value is None:
@@ -76,18 +86,34 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if -(2**63) <= value < 2**63:
+                return value
+            raise ConfigError(f"{where}: expected an integer of 64 bits, got {show(value)}")
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float's range
+                number = math.inf
+            if math.isfinite(number):
+                return number
     elif tp is str:
         if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: bytes of a non-UTF-8 command line
+                raise ConfigError(f"{where}: expected UTF-8 text, got {show(value)}") from None
             return value
     elif dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     elif tp is Any:
         return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
+
+
+def _key(key: Any) -> str:
+    """A key as printed in a message: as it is when it is a short identifier, else shown."""
+    return key if isinstance(key, str) and key.isidentifier() and len(key) <= 64 else show(key)
 
 
 def build(cls: type[T], data: Any, where: str = "", given: dict[str, Any] | None = None) -> T:
@@ -100,13 +126,13 @@ def build(cls: type[T], data: Any, where: str = "", given: dict[str, Any] | None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields or k in given]
     if unknown:
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; allowed: {', '.join(fields) or '(none)'}"
+            f"unknown key {prefix}{_key(unknown[0])}; allowed: {', '.join(fields) or '(none)'}"
         )
     kwargs = dict(given)
     for name, f in fields.items():

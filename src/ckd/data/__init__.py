@@ -1,7 +1,7 @@
 """The dataset layer: CIFAR-100, CIFAR-10 and Fashion-MNIST as 32x32 normalised tensors;
 ImageNet-1K and Places365 from their folder layouts as 224x224 ones.
 
-``build_dataset(name, root, train, augment, download)`` returns a dataset of
+``build_dataset(name, root, train, augment, download, verify)`` returns a dataset of
 ``(image [C, 32, 32] float32, target int)`` items with a ``.targets`` list;
 ``dataset_info(name)`` the facts models need; ``subset`` a class-balanced subset;
 ``make_fake_cifar`` / ``make_fake_fashion_mnist`` tiny offline stand-ins.
@@ -21,11 +21,13 @@ from ckd.data.fashion_mnist import FASHION_MNIST_SEARCH_PATHS, FashionMNIST
 from ckd.data.imagefolder import IMAGENET_INFO, PLACES365_INFO, imagenet_transform
 from ckd.data.subset import TargetSubset, subset
 from ckd.data.synthetic import make_fake_cifar, make_fake_fashion_mnist
+from ckd.errors import DataError
 
 __all__ = [
     "CIFAR10",
     "CIFAR100",
     "DATASETS",
+    "DataError",
     "FASHION_MNIST_SEARCH_PATHS",
     "DataNotFoundError",
     "DatasetInfo",

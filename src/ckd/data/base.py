@@ -41,14 +41,14 @@ class DatasetInfo:
     classes: tuple[str, ...] | None = None
 
 
-Builder = Callable[[str | None, bool, bool, bool], Dataset]
+Builder = Callable[[str | None, bool, bool, bool, bool], Dataset]
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """What :data:`DATASETS` holds per name: the dataset's info and its builder.
 
-    ``build(root, train, augment, download)`` returns the dataset.
+    ``build(root, train, augment, download, verify)`` returns the dataset.
     """
 
     info: DatasetInfo
@@ -74,6 +74,7 @@ def build_dataset(
     train: bool,
     augment: bool = True,
     download: bool = False,
+    verify: bool = True,
 ) -> Dataset:
     """Build the train or test split of dataset ``name``.
 
@@ -81,10 +82,13 @@ def build_dataset(
     split with ``augment=True`` gets the dataset's standard augmentation; the test
     split, or ``augment=False``, only converts and normalises (deterministic).
     The result has a ``.targets`` sequence (one ``int`` per item), which
-    :func:`ckd.data.subset` uses.
+    :func:`ckd.data.subset` uses. ``verify`` checks the files against their published
+    checksums where the dataset has them (CIFAR's md5s); only generated stand-in data turns
+    it off.
 
     Raises:
         UnknownNameError: ``name`` is not registered.
         DataNotFoundError: the files are missing (and ``download`` is False).
+        DataError: a file is corrupt, truncated or fails its checksum.
     """
-    return DATASETS.get(name).build(root, train, augment, download)
+    return DATASETS.get(name).build(root, train, augment, download, verify)

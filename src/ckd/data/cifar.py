@@ -1,30 +1,35 @@
-"""CIFAR-100 and CIFAR-10 through torchvision, from a local folder.
+"""CIFAR-100 and CIFAR-10 from a local folder, read without running code.
 
 Layout expected under ``root`` (the standard python-version archives, extracted)::
 
     root/cifar-100-python/{train,test,meta}
     root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
 
-torchvision checks every file's md5 before loading. Folders written by
-:func:`ckd.data.make_fake_cifar` contain a marker file (:data:`SYNTHETIC_MARKER`);
-for those only, :class:`CIFAR100`/:class:`CIFAR10` here ask torchvision to check that
-the files exist but not their md5 (its ``check_integrity(path, md5=None)``). Real
-folders never contain the marker and keep the full md5 check.
+The batch files are pickles. They are read by :func:`ckd.data.safe_pickle.load_data_pickle`,
+which admits only plain data and NumPy arrays of numbers, so no file can run code whatever it
+holds. Before that, with ``verify=True`` (the default, and ``data.verify`` in a config) each
+file read must match the md5 torchvision publishes for it; only data generated as a stand-in
+(:func:`ckd.data.make_fake_cifar`) is read with ``verify=False``, which its caller says in
+code or config: nothing inside a data folder changes what is checked.
 """
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
+from torchvision.datasets.vision import VisionDataset
 
 from ckd.data.base import DATASETS, Builder, DataNotFoundError, DatasetInfo, DatasetSpec
+from ckd.data.safe_pickle import load_data_pickle
 from ckd.data.transforms import cifar_transform
-
-#: File written by the synthetic generator inside the CIFAR folder; see module doc.
-SYNTHETIC_MARKER = "CKD_SYNTHETIC"
+from ckd.errors import DataError
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -75,32 +80,92 @@ CIFAR10_INFO = DatasetInfo(
 )
 
 
-class _SkipMd5ForSynthetic:
-    """Mixin: drop the md5s (keep the existence checks) for marked synthetic folders."""
+class _SafeCIFAR:
+    """torchvision's CIFAR dataset (its file lists, md5s, ``__getitem__``), loaded through
+    :func:`~ckd.data.safe_pickle.load_data_pickle` after each file's md5 is checked."""
 
     base_folder: str
-    train_list: list[list[Any]]
-    test_list: list[list[Any]]
-    meta: dict[str, Any]
+    train_list: list[list[str]]
+    test_list: list[list[str]]
+    meta: dict[str, str]
+    download: Callable[[], None]
+    num_classes: int
 
-    def __init__(self, root: str | Path, *args: Any, **kwargs: Any) -> None:
-        if (Path(root) / self.base_folder / SYNTHETIC_MARKER).is_file():
-            # instance attributes shadow the class-level lists torchvision reads
-            self.train_list = [[name, None] for name, _ in type(self).train_list]
-            self.test_list = [[name, None] for name, _ in type(self).test_list]
-            self.meta = {**type(self).meta, "md5": None}
-        super().__init__(root, *args, **kwargs)  # type: ignore[call-arg]
+    def __init__(
+        self,
+        root: str | Path,
+        train: bool = True,
+        transform: Callable[..., Any] | None = None,
+        target_transform: Callable[..., Any] | None = None,
+        download: bool = False,
+        verify: bool = True,
+    ) -> None:
+        VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()  # torchvision's: fetches and checks the archive's md5, extracts
+        folder = Path(self.root) / self.base_folder
+        files = self.train_list if train else self.test_list
+        entries = [self._read(folder / name, md5, verify) for name, md5 in files]
+        label_key = "labels" if "labels" in entries[0] else "fine_labels"
+        images, targets = [], []
+        for (name, _), entry in zip(files, entries, strict=True):
+            data, labels = entry.get("data"), entry.get(label_key)
+            if not (
+                isinstance(data, np.ndarray)
+                and data.dtype == np.uint8
+                and data.ndim == 2
+                and data.shape[1] == 3072
+                and isinstance(labels, list)
+                and len(labels) == len(data)
+                and all(type(y) is int and 0 <= y < self.num_classes for y in labels)
+            ):
+                raise DataError(
+                    f"{folder / name}: not a CIFAR batch (expected uint8 data [N, 3072] and "
+                    f"{label_key}: N ints in 0..{self.num_classes - 1})"
+                )
+            images.append(data)
+            targets.extend(labels)
+        self.data: Any = np.vstack(images).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = targets
+        meta = self._read(folder / self.meta["filename"], self.meta["md5"], verify)
+        classes = meta.get(self.meta["key"])
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise DataError(f"{folder / self.meta['filename']}: no list of class names")
+        self.classes = classes
+        self.class_to_idx = {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def _read(path: Path, md5: str, verify: bool) -> dict[str, Any]:
+        """A batch or meta file's dict (keys as ``str``), its md5 checked when ``verify``."""
+        if verify and not check_integrity(str(path), md5):
+            raise DataError(
+                f"{path}: its md5 is not the published one of this CIFAR file (a corrupt, "
+                "altered or different file); re-extract the archive (data.verify=false only "
+                "for generated stand-in data)"
+            )
+        try:
+            entry = load_data_pickle(path)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+            raise DataError(f"{path}: not a CIFAR data file ({e or type(e).__name__})") from None
+        if not isinstance(entry, dict):
+            raise DataError(f"{path}: not a CIFAR data file (holds a {type(entry).__name__})")
+        return entry
 
 
-class CIFAR100(_SkipMd5ForSynthetic, datasets.CIFAR100):
-    """torchvision's CIFAR100; md5 check skipped only for synthetic folders."""
+class CIFAR100(_SafeCIFAR, datasets.CIFAR100):
+    """CIFAR-100 as torchvision's ``CIFAR100``, read by :class:`_SafeCIFAR`."""
+
+    num_classes = 100
 
 
-class CIFAR10(_SkipMd5ForSynthetic, datasets.CIFAR10):
-    """torchvision's CIFAR10; md5 check skipped only for synthetic folders."""
+class CIFAR10(_SafeCIFAR, datasets.CIFAR10):
+    """CIFAR-10 as torchvision's ``CIFAR10``, read by :class:`_SafeCIFAR`."""
+
+    num_classes = 10
 
 
-def _check_files(cls: type[datasets.CIFAR10], name: str, root: str | None) -> Path:
+def _check_files(cls: type[_SafeCIFAR], name: str, root: str | None) -> Path:
     """Return ``root`` as a Path, or raise DataNotFoundError naming what is missing."""
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     layout = f"{cls.base_folder}/{{{','.join(files)}}}"
@@ -116,16 +181,20 @@ def _check_files(cls: type[datasets.CIFAR10], name: str, root: str | None) -> Pa
     return Path(root).expanduser()
 
 
-def _builder(cls: type[datasets.CIFAR10], info: DatasetInfo) -> Builder:
+def _builder(cls: type[_SafeCIFAR], info: DatasetInfo) -> Builder:
     def build(
-        root: str | None, train: bool, augment: bool = True, download: bool = False
+        root: str | None,
+        train: bool,
+        augment: bool = True,
+        download: bool = False,
+        verify: bool = True,
     ) -> Dataset:
         if download and root is not None:
             path = Path(root).expanduser()
         else:
             path = _check_files(cls, info.name, root)
         tf = cifar_transform(info.mean, info.std, train, augment)
-        return cls(str(path), train=train, transform=tf, download=download)
+        return cls(str(path), train=train, transform=tf, download=download, verify=verify)
 
     build.__doc__ = f"Build {info.name}: items (image [3, 32, 32] float, target int)."
     return build

@@ -2,9 +2,11 @@
 
 Where the files are looked for, in order:
 
-1. the ``root`` the caller gives;
-2. each folder of :data:`FASHION_MNIST_SEARCH_PATHS` (Debian's ``dataset-fashion-mnist``
-   package installs the four ``.gz`` files flat in ``/usr/share/datasets/fashion-mnist``);
+1. the ``root`` the caller gives, and then nowhere else (a root without the files is an
+   error, never a silent switch to another copy);
+2. without a root: each folder of :data:`FASHION_MNIST_SEARCH_PATHS` (Debian's
+   ``dataset-fashion-mnist`` package installs the four ``.gz`` files flat in
+   ``/usr/share/datasets/fashion-mnist``);
 3. only with ``download=True``: a torchvision download into ``root or ./data``.
 
 In each folder the files may be flat or in torchvision's ``FashionMNIST/raw/`` (or
@@ -28,6 +30,7 @@ from torch.utils.data import Dataset
 from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetSpec
 from ckd.data.idx import read_idx
 from ckd.data.transforms import Transform, fashion_mnist_transform
+from ckd.errors import DataError
 
 #: Folders searched after the caller's root; tests may replace this tuple.
 FASHION_MNIST_SEARCH_PATHS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
@@ -77,14 +80,14 @@ def locate_fashion_mnist(
     train: bool,
     search_paths: tuple[str | Path, ...] | None = None,
 ) -> tuple[tuple[Path, Path] | None, list[Path]]:
-    """Look for a split's ``(images, labels)`` files in ``root`` then ``search_paths``.
+    """Look for a split's ``(images, labels)`` files in ``root``, or without one in
+    ``search_paths``.
 
     ``search_paths`` defaults to :data:`FASHION_MNIST_SEARCH_PATHS` (read at call
     time). Returns ``(paths or None, folders tried in order)``.
     """
-    bases = [Path(root).expanduser()] if root is not None else []
     paths = FASHION_MNIST_SEARCH_PATHS if search_paths is None else search_paths
-    bases += [Path(p) for p in paths]
+    bases = [Path(root).expanduser()] if root is not None else [Path(p) for p in paths]
     tried: list[Path] = []
     for base in bases:
         for sub in _SUBDIRS:
@@ -113,6 +116,7 @@ def load_fashion_mnist(
     Raises:
         DataNotFoundError: one line listing every folder tried (and the download
             error, if a download was asked for and failed).
+        DataError: a file is truncated, corrupt or not Fashion-MNIST's.
     """
     found, tried = locate_fashion_mnist(root, train, search_paths)
     problem = "download=False"
@@ -132,10 +136,15 @@ def load_fashion_mnist(
             "Debian's dataset-fashion-mnist"
         )
     images, labels = read_idx(found[0]), read_idx(found[1])
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(
-            f"fashion_mnist: {found[0]} {images.shape} and {found[1]} {labels.shape} "
-            "are not matching [N, H, W] images and [N] labels"
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
+        raise DataError(
+            f"fashion_mnist: {found[0]} {list(images.shape)} and {found[1]} "
+            f"{list(labels.shape)} are not matching [N, 28, 28] images and [N] labels"
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(
+            f"fashion_mnist: {found[1]} holds label {labels.max()}; labels are 0..9 "
+            "(a corrupt file)"
         )
     return torch.from_numpy(images), labels.astype(np.int64).tolist(), found[0].parent
 
@@ -174,8 +183,16 @@ class FashionMNIST(Dataset):
         return self.transform(self.data[index].unsqueeze(0)), self.targets[index]
 
 
-def _build(root: str | None, train: bool, augment: bool = True, download: bool = False) -> Dataset:
-    """Build Fashion-MNIST: items (image [1, 32, 32] float, target int)."""
+def _build(
+    root: str | None,
+    train: bool,
+    augment: bool = True,
+    download: bool = False,
+    verify: bool = True,
+) -> Dataset:
+    """Build Fashion-MNIST: items (image [1, 32, 32] float, target int). Every file is checked
+    as it is read (gzip's CRC, the IDX header against the size, labels in 0..9) whatever
+    ``verify`` says: the files have no published checksums that all copies share."""
     return FashionMNIST(root, train=train, augment=augment, download=download)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -285,52 +285,3 @@ def augment_batch(
         x = x.sub_(data.mean).div_(data.std)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
-
-
-class FastLoader:
-    """One epoch of batches ``(images, targets, index)``: images and targets on the data's
-    device, ``index`` (positions in the split, like the standard loader's) on the CPU.
-
-    ``order`` is the sample order (CPU int64); ``params`` the epoch's augmentation (None for
-    none); ``drop_last`` drops a last incomplete batch, as the standard training loader does.
-    ``split`` = ``(pieces, count)``: yield ``pieces(batch positions)`` (``count`` consecutive
-    position ranges, e.g. this rank's micro-batches, :func:`ckd.engine.distributed.my_pieces`)
-    instead of each batch itself.
-    """
-
-    def __init__(
-        self,
-        data: MemoryData,
-        batch_size: int,
-        order: Tensor,
-        params: AugParams | None = None,
-        drop_last: bool = False,
-        channels_last: bool = False,
-        split: tuple[Callable[[Tensor], Sequence[Tensor]], int] | None = None,
-    ) -> None:
-        self.data, self.batch_size, self.drop_last = data, batch_size, drop_last
-        self.split = split
-        self.order = order.to(torch.int64).cpu()
-        if data.device.type == "cuda":  # pinned: slices of it go to the GPU without a sync
-            self.order = self.order.pin_memory()
-        self.order_dev = self.order.to(data.device)
-        self.params = params.to(data.device) if params is not None else None
-        self.channels_last = channels_last
-
-    def steps(self) -> int:
-        """Batches (global batches when split) per epoch."""
-        n = len(self.order)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __len__(self) -> int:
-        return self.steps() * (self.split[1] if self.split else 1)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        positions = torch.arange(len(self.order))
-        for i in range(self.steps()):
-            batch = positions[i * self.batch_size : (i + 1) * self.batch_size]
-            for piece in [batch] if self.split is None else self.split[0](batch):
-                sl = slice(int(piece[0]), int(piece[-1]) + 1) if len(piece) else slice(0, 0)
-                index_dev = self.order_dev[sl]
-                images = augment_batch(self.data, index_dev, self.params, self.channels_last)
-                yield images, self.data.targets.index_select(0, index_dev), self.order[sl]

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
 from ckd.data.base import DATASETS, Builder, DataNotFoundError, DatasetInfo, DatasetSpec
+from ckd.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +46,18 @@ def imagenet_transform(train: bool, augment: bool = True, size: int = 224) -> T.
     else:
         steps = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
     return T.Compose([*steps, T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def load_image(path: str) -> Image.Image:
+    """An image file as RGB (what ``ImageFolder`` reads); a file PIL cannot decode (corrupt,
+    truncated, not an image, a decompression bomb) is a one-line DataError naming it, also
+    when a DataLoader worker meets it."""
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{path}: cannot read the image ({reason[:200]})") from None
 
 
 def _split_folder(info: DatasetInfo, root: str | None, train: bool) -> Path:
@@ -65,11 +79,17 @@ def _image_folder(info: DatasetInfo, folder: Path, train: bool, augment: bool) -
             f"{info.num_classes} (the class index is the position of the folder name in sorted "
             "order, so every class must be there)"
         )
-    return datasets.ImageFolder(str(folder), transform=imagenet_transform(train, augment))
+    return datasets.ImageFolder(
+        str(folder), transform=imagenet_transform(train, augment), loader=load_image
+    )
 
 
 def _build_imagenet(
-    root: str | None, train: bool, augment: bool = True, download: bool = False
+    root: str | None,
+    train: bool,
+    augment: bool = True,
+    download: bool = False,
+    verify: bool = True,
 ) -> Dataset:
     """Build imagenet: items (image [3, 224, 224] float, target int). Never downloads: the
     archives need an account with image-net.org."""
@@ -78,7 +98,11 @@ def _build_imagenet(
 
 
 def _build_places365(
-    root: str | None, train: bool, augment: bool = True, download: bool = False
+    root: str | None,
+    train: bool,
+    augment: bool = True,
+    download: bool = False,
+    verify: bool = True,
 ) -> Dataset:
     """Build places365 (the easy-format folders, else torchvision's layout; ``download`` only
     with the latter)."""
@@ -92,6 +116,7 @@ def _build_places365(
             small=small,
             download=download,
             transform=imagenet_transform(train, augment),
+            loader=load_image,
         )
     return _image_folder(info, _split_folder(info, root, train), train, augment)
 

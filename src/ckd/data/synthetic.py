@@ -14,12 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ckd.data.cifar import (
-    CIFAR10_CLASSES,
-    CIFAR100_CLASSES,
-    CIFAR100_COARSE_CLASSES,
-    SYNTHETIC_MARKER,
-)
+from ckd.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES
 from ckd.data.fashion_mnist import split_files
 from ckd.data.idx import write_idx
 
@@ -81,8 +76,9 @@ def make_fake_cifar(
     meta still names all 100 classes, as torchvision expects). Each batch is a
     Python-2-style pickled dict as in the real archives: ``b"data"`` uint8
     ``[N, 3072]`` (R, G, B planes of 32x32, row-major), ``b"labels"`` or
-    ``b"fine_labels"``/``b"coarse_labels"``, ``b"filenames"``, ``b"batch_label"``.
-    A marker file lets :mod:`ckd.data.cifar` skip torchvision's md5 check for it.
+    ``b"fine_labels"``/``b"coarse_labels"``, ``b"filenames"``, ``b"batch_label"``,
+    which :func:`ckd.data.safe_pickle.load_data_pickle` reads like the real files. Their md5s
+    are not the published ones: read the folder with ``verify=False`` (``data.verify=false``).
     """
     if not 2 <= num_classes <= 100:
         raise ValueError(f"num_classes must be in 2..100; got {num_classes}")
@@ -130,10 +126,6 @@ def make_fake_cifar(
             b"coarse_label_names": [c.encode() for c in CIFAR100_COARSE_CLASSES],
         }
         _dump_py2(meta, folder / "meta")
-    (folder / SYNTHETIC_MARKER).write_text(
-        f"synthetic data written by ckd.data.make_fake_cifar (seed={seed}); "
-        "ckd skips torchvision's md5 check for folders holding this file\n"
-    )
     return root
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from ckd.data.base import DataNotFoundError
 
@@ -140,86 +139,11 @@ class CocoDetection(Dataset):
         return bool(torch.rand((), generator=g) < 0.5)
 
 
-def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
-    """Detection batches are lists: images of different sizes, targets of different lengths."""
-    images, targets = zip(*batch, strict=True)
-    return list(images), list(targets)
-
-
-class EpochSampler(Sampler[int]):
-    """The indices of one epoch in the order drawn from ``generator``, from position ``start``
-    on (a resumed run skips the batches it already trained on without loading them)."""
-
-    def __init__(self, n: int, generator: torch.Generator, start: int = 0) -> None:
-        self.order = torch.randperm(n, generator=generator)[start:].tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-
-class _Batches(Sampler[list[int]]):
-    """Consecutive batches of ``batch_size`` from ``order`` (a last incomplete one dropped when
-    ``drop_last``); with ``piece``, only that function's share of each batch (a rank's)."""
-
-    def __init__(
-        self,
-        order: list[int],
-        batch_size: int,
-        drop_last: bool,
-        piece: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> None:
-        self.order, self.batch_size, self.drop_last, self.piece = (
-            order,
-            batch_size,
-            drop_last,
-            piece,
-        )
-
-    def __len__(self) -> int:
-        n, b = len(self.order), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for i in range(len(self)):
-            batch = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield batch if self.piece is None else self.piece(torch.tensor(batch)).tolist()
-
-
-def train_batches(
-    dataset: CocoDetection,
-    batch_size: int,
-    num_workers: int,
-    epoch_seed: int,
-    epoch: int,
-    start_batch: int = 0,
-    piece: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> DataLoader:
-    """The loader of one training epoch: its order from ``epoch_seed``, from ``start_batch`` on.
-
-    Incomplete last batches are dropped (when the set holds more than one batch), so every epoch
-    has ``len(dataset) // batch_size`` of them. ``batch_size`` is the global batch; ``piece``
-    picks this process's share of each (distributed runs).
-    """
-    dataset.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(epoch_seed)
-    sampler = EpochSampler(len(dataset), generator, start_batch * batch_size)
-    batches = _Batches(sampler.order, batch_size, len(dataset) > batch_size, piece)
-    return DataLoader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=num_workers,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(epoch_seed),  # worker seeds, not the global RNG
-        persistent_workers=False,
-    )
-
-
-def batches_per_epoch(dataset: Dataset, batch_size: int) -> int:
-    n = len(dataset)  # type: ignore[arg-type]
-    return n // batch_size if n > batch_size else 1
+def collate(batch: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Detection batches are lists: images of different sizes, targets of different lengths
+    (and, for indexed training items, the samples' indices as a tensor)."""
+    images, targets, *index = zip(*batch, strict=True)
+    return (list(images), list(targets), *(torch.tensor(i) for i in index))
 
 
 def val_loader(dataset: CocoDetection, batch_size: int, num_workers: int) -> DataLoader:

@@ -91,20 +91,31 @@ def build_backbone(m: DetModelConfig) -> BackboneWithFPN:
 
 
 def build_detector(
-    m: DetModelConfig, det: DetectorConfig, size: InputConfig, num_classes: int, training: bool
+    m: DetModelConfig, det: DetectorConfig, size: InputConfig, num_classes: int
 ) -> GeneralizedRCNN:
-    """A Faster/Mask R-CNN for ``num_classes`` (background included) at ``size``'s scales.
+    """A Faster/Mask R-CNN for ``num_classes`` (background included) at ``size``'s scales: in
+    training mode one of ``size.min_size`` drawn per batch, in eval mode ``size.test_min_size``
+    (switched by a forward pre-hook, so ``model.train()`` / ``.eval()`` is all it takes)."""
+    model = _torchvision_coco(m, det, size, num_classes) if m.weights == "coco" else None
+    if model is None:
+        model = _build(m, det, size, num_classes)
+    train_sizes, test_size = tuple(size.min_size), (size.test_min_size,)
 
-    ``training`` sets the transform's sizes for training (``size.min_size``, one drawn per
-    batch) or for evaluation (``size.test_min_size``); :func:`use_sizes` switches them later.
-    """
-    if m.weights == "coco":
-        return _torchvision_coco(m, det, size, num_classes, training)
+    def pick_sizes(module: nn.Module, args: object) -> None:
+        module.transform.min_size = train_sizes if module.training else test_size
+
+    model.register_forward_pre_hook(pick_sizes)
+    return model
+
+
+def _build(
+    m: DetModelConfig, det: DetectorConfig, size: InputConfig, num_classes: int
+) -> GeneralizedRCNN:
     backbone = build_backbone(m)
     c = m.fpn_channels
     anchors = AnchorGenerator(tuple((a,) for a in det.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
     kwargs = dict(
-        min_size=tuple(size.min_size) if training else size.test_min_size,
+        min_size=size.test_min_size,
         max_size=size.max_size,
         image_mean=list(m.image_mean),
         image_std=list(m.image_std),
@@ -136,7 +147,7 @@ def build_detector(
 
 
 def _torchvision_coco(
-    m: DetModelConfig, det: DetectorConfig, size: InputConfig, num_classes: int, training: bool
+    m: DetModelConfig, det: DetectorConfig, size: InputConfig, num_classes: int
 ) -> GeneralizedRCNN:
     """torchvision's COCO-trained ResNet-50 FPN detector (downloaded; 91 category-id classes)."""
     if num_classes != 91:
@@ -148,13 +159,8 @@ def _torchvision_coco(
     build = d.fasterrcnn_resnet50_fpn if det.arch == "faster_rcnn" else d.maskrcnn_resnet50_fpn
     return build(
         weights="COCO_V1",
-        min_size=tuple(size.min_size) if training else size.test_min_size,
+        min_size=size.test_min_size,
         max_size=size.max_size,
         box_batch_size_per_image=det.box_batch_size_per_image,
         trainable_backbone_layers=m.trainable_layers,
     )
-
-
-def use_sizes(model: GeneralizedRCNN, sizes: tuple[int, ...]) -> None:
-    """Set the detector's resize sizes: one drawn per batch in training, the last in eval."""
-    model.transform.min_size = tuple(sizes)

@@ -13,6 +13,11 @@ A cache is a folder::
     feat0.npy ...        float16 [epochs, N, C_i, H_i, W_i]  optional stage features
     embedding.npy        float16 [epochs, N, D]              optional pooled embedding
 
+The manifest also records the arrays' shapes, checked when the cache is opened, and a sha256
+of each array's block of each epoch, computed at build time and checked when the block is
+first used, so a cache altered or damaged after it was built is refused (a one-line
+ConfigError) instead of training on wrong targets.
+
 The teacher runs in full fp32 for it (no autocast, TF32 off), and its outputs are rounded to
 fp16 (relative error <= 2**-11). A cache is refused (a one-line ConfigError) when it was made
 for another teacher checkpoint (sha256) or model, another training set (name, size, subset, a
@@ -24,6 +29,8 @@ tolerance); a difference is refused as well.
 A cache is built by ``ckd cache build CONFIG [overrides]`` or, for logits only, by the first
 run that names it in ``run.teacher_cache``. It is written into a temporary folder and renamed
 into place when complete, so an interrupted build leaves nothing that could be read back.
+``ckd cache build --force`` replaces a folder only when it holds nothing but a cache's files
+(:func:`cache_folder_problem`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -43,13 +51,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ckd.config import Config
 from ckd.data.fast import GENERATOR, AugParams, MemoryData, augment_batch, draw_augmentation
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
+from ckd.integrity import block_sha256
 from ckd.methods.base import Outputs, run_network
 from ckd.schema import flatten
 
-FORMAT = "ckd/teacher-cache/1"
+FORMAT = "ckd/teacher-cache/2"  # 2: per-epoch sha256 of every array
+FORMAT_FAMILY = "ckd/teacher-cache/"
 MANIFEST = "manifest.json"
 #: Largest magnitude a float16 holds.
 FP16_MAX = 65504.0
@@ -67,12 +76,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def aug_seed_of(cfg: Config) -> int:
-    """The seed of the fast loader's augmentation draws: ``data.aug_seed``, else ``run.seed``."""
-    return cfg.run.seed if cfg.data.aug_seed is None else cfg.data.aug_seed
-
-
-def cache_identity(cfg: Config, train: MemoryData) -> dict[str, Any]:
+def cache_identity(cfg: Any, train: MemoryData) -> dict[str, Any]:
     """What a cache must have been made for to serve this run (everything but the epochs)."""
     if cfg.teacher is None or cfg.teacher.checkpoint is None:
         raise ConfigError("run.teacher_cache: the run has no teacher checkpoint to cache")
@@ -87,7 +91,7 @@ def cache_identity(cfg: Config, train: MemoryData) -> dict[str, Any]:
             "sha256": train.fingerprint,
         },
         "augmentation": {**train.augment.to_dict(), "generator": GENERATOR},
-        "aug_seed": aug_seed_of(cfg),
+        "aug_seed": cfg.data.aug_seed,
     }
 
 
@@ -124,17 +128,56 @@ class TeacherCache:
     """An opened cache: :meth:`outputs` gives the teacher's outputs of a batch of views."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        """Open the arrays ``manifest`` lists (memory-mapped) and check their shapes and dtype
+        against it. Raises ConfigError (one line) on any disagreement."""
         self.folder, self.manifest = folder, manifest
-        self.logits = np.load(folder / "logits.npy", mmap_mode="r")
-        feats = manifest.get("features")
-        self.feats: list[np.ndarray] = []
-        self.embedding: np.ndarray | None = None
-        if feats:
-            self.feats = [
-                np.load(folder / f"feat{i}.npy", mmap_mode="r") for i in range(len(feats["feats"]))
-            ]
-            self.embedding = np.load(folder / "embedding.npy", mmap_mode="r")
+        shapes = array_shapes(manifest)
+        self.arrays = {name: self._open(name, shape) for name, shape in shapes.items()}
+        self.checksums: dict[str, list[str]] = manifest["checksums"]["blocks"]
+        if set(self.checksums) != set(shapes) or any(
+            len(self.checksums[name]) != shape[0] for name, shape in shapes.items()
+        ):
+            raise ConfigError(f"{self._where}: its manifest lacks the checksums of some arrays")
+        self.logits = self.arrays["logits"]
+        self.feats = [self.arrays[f"feat{i}"] for i in range(len(shapes) - 2)]
+        self.embedding = self.arrays.get("embedding")
+        self._verified: set[tuple[str, int]] = set()
         self._slab: tuple[int, str, torch.Tensor] | None = None  # one epoch's logits, on a device
+
+    @property
+    def _where(self) -> str:
+        return f"run.teacher_cache: {self.folder}"
+
+    def _open(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        path = self.folder / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{self._where}: cannot read {path.name}: {e}") from None
+        if array.shape != shape or array.dtype != np.float16:
+            raise ConfigError(
+                f"{self._where}: {path.name} holds {array.dtype} {list(array.shape)} but the "
+                f"manifest says float16 {list(shape)}; the cache is corrupt: rebuild it"
+            )
+        return array
+
+    def verify_epoch(self, epoch: int, names: tuple[str, ...] = ("logits",)) -> None:
+        """Check the sha256 of the ``names`` arrays' blocks of ``epoch`` against the manifest
+        (once per block: later calls return at once).
+
+        Raises:
+            ConfigError: a block differs from what the build wrote.
+        """
+        for name in names:
+            if (name, epoch) in self._verified:
+                continue
+            if block_sha256(self.arrays[name][epoch]) != self.checksums[name][epoch]:
+                raise ConfigError(
+                    f"{self._where}: {name} of epoch {epoch + 1} do not match the checksum "
+                    "recorded when the cache was built (altered or damaged since); rebuild it "
+                    "with `ckd cache build CONFIG --out DIR --force`"
+                )
+            self._verified.add((name, epoch))
 
     @property
     def epochs(self) -> int:
@@ -168,6 +211,7 @@ class TeacherCache:
         if not self.has_features:
             raise ValueError(f"teacher cache {self.folder} holds logits only, no features")
         assert self.embedding is not None
+        self.verify_epoch(epoch, tuple(self.arrays))
         return Outputs(read(self.logits), tuple(read(f) for f in self.feats), read(self.embedding))
 
     def epoch_logits(self, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -176,6 +220,7 @@ class TeacherCache:
         key = (epoch, str(device))
         if self._slab is None or self._slab[:2] != key:
             self._slab = None
+            self.verify_epoch(epoch)
             rows = torch.from_numpy(np.array(self.logits[epoch]))  # a copy: memmaps are read-only
             if torch.device(device).type == "cuda":
                 rows = rows.pin_memory()
@@ -196,35 +241,97 @@ def open_cache(folder: str | Path, identity: dict[str, Any], epochs: int) -> Tea
     where = f"run.teacher_cache: {folder}"
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise ConfigError(f"{where} is not a teacher cache (no {MANIFEST}); give an empty folder")
+        raise ConfigError(
+            f"{where} is not a teacher cache (no {MANIFEST}) and is not empty; name a new "
+            "folder for the cache (ckd writes one only into a folder that is absent or empty)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"{where}: unreadable {MANIFEST}: {e}") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{where}: {MANIFEST} is not a mapping")
     if manifest.get("format") != FORMAT:
-        raise ConfigError(f"{where}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise ConfigError(
+            f"{where}: format {show(manifest.get('format'))}, expected {FORMAT!r} (a cache built "
+            "by another ckd version: rebuild it with `ckd cache build ... --force`)"
+        )
     have, want = flatten({k: manifest.get(k) for k in identity}), flatten(identity)
     for key in sorted(set(have) | set(want)):
         if have.get(key) != want.get(key):
             raise ConfigError(
-                f"{where} was made for {key}={_short(have.get(key))} but this run has "
-                f"{_short(want.get(key))}; refusing it (use another folder, or build one for "
+                f"{where} was made for {key}={show(have.get(key), 80)} but this run has "
+                f"{show(want.get(key), 80)}; refusing it (use another folder, or build one for "
                 "this run with `ckd cache build`)"
             )
-    if int(manifest["epochs"]) < epochs:
+    try:
+        covered = int(manifest["epochs"])
+        array_shapes(manifest)
+        manifest["checksums"]["blocks"].items()
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{where}: {MANIFEST} is malformed ({type(e).__name__}: {e})") from None
+    if covered < epochs:
         raise ConfigError(
-            f"{where} covers {manifest['epochs']} epochs but this run needs {epochs}; "
+            f"{where} covers {covered} epochs but this run needs {epochs}; "
             "build one with enough epochs (`ckd cache build CONFIG optim.epochs=N`)"
         )
-    try:
-        return TeacherCache(folder, manifest)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{where}: cannot read its arrays: {e}") from None
+    return TeacherCache(folder, manifest)
 
 
-def _short(v: Any) -> str:
-    s = repr(v)
-    return s if len(s) <= 80 else s[:77] + "..."
+def array_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The shape of every array of a cache, as its manifest describes it."""
+    logits = tuple(int(n) for n in manifest["logits"])
+    if len(logits) != 3 or logits[0] != int(manifest["epochs"]):
+        raise ValueError(f"logits shape {list(logits)} is not [epochs, N, K]")
+    shapes = {"logits": logits}
+    feats = manifest.get("features")
+    if feats:
+        lead = logits[:2]
+        for i, shape in enumerate(feats["feats"]):
+            shapes[f"feat{i}"] = (*lead, *(int(n) for n in shape))
+        shapes["embedding"] = (*lead, int(feats["embedding"]))
+    return shapes
+
+
+#: The files a cache folder holds (a partial build: some of them, without the manifest yet).
+CACHE_FILE = re.compile(r"manifest\.json|logits\.npy|embedding\.npy|feat\d+\.npy")
+
+
+def cache_folder_problem(folder: str | Path) -> str | None:
+    """None when ``folder`` may be replaced by ``ckd cache build --force``: a real folder
+    holding only a teacher cache's files (with a ckd cache manifest, or without one: a partial
+    build). Else what it is, for a one-line refusal."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return "is not a folder"
+    entries = list(folder.iterdir())
+    foreign = [p.name for p in entries if not (CACHE_FILE.fullmatch(p.name) and _plain_file(p))]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return f"holds {', '.join(show(n) for n in foreign[:3])}{more}, which no cache holds"
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        try:
+            fmt = json.loads(manifest.read_text()).get("format", "")
+        except (OSError, ValueError, AttributeError):
+            fmt = ""
+        if not (isinstance(fmt, str) and fmt.startswith(FORMAT_FAMILY)):
+            return f"has a {MANIFEST} that is not a ckd teacher cache's"
+    return None
+
+
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def remove_cache(folder: str | Path) -> None:
+    """Delete a cache folder that :func:`cache_folder_problem` accepted: its cache files one
+    by one, then the folder (which fails, deleting nothing more, if anything else appeared)."""
+    folder = Path(folder)
+    for path in folder.iterdir():
+        if CACHE_FILE.fullmatch(path.name) and _plain_file(path):
+            path.unlink()
+    folder.rmdir()
 
 
 def cache_bytes(n: int, epochs: int, outputs: Outputs, features: bool) -> int:
@@ -250,7 +357,7 @@ def build_cache(
     (which must be absent or empty). Returns it opened."""
     folder = Path(folder)
     if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
-        raise ConfigError(f"run.teacher_cache: {folder} exists and is not empty")
+        raise ConfigError(f"run.teacher_cache: {folder} exists and is not empty; name a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     aug, n, device = train.augment, len(train), train.device
     seed = identity["aug_seed"]
@@ -266,6 +373,7 @@ def build_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     start = time.perf_counter()
+    checksums: dict[str, list[str]] = {}  # array -> sha256 of each epoch's block
     try:
         shapes: dict[str, Any] = {"logits": [epochs, n, int(probe.logits.shape[1])]}
         arrays = {"logits": _open_array(tmp / "logits.npy", shapes["logits"])}
@@ -292,6 +400,8 @@ def build_cache(
                     parts["embedding"] = out.embedding
                 for name, value in parts.items():
                     arrays[name][epoch, lo : lo + len(index)] = _to_fp16(value, name, epoch)
+            for name, array in arrays.items():
+                checksums.setdefault(name, []).append(block_sha256(array[epoch]))
             echo(f"teacher cache: epoch {epoch + 1}/{epochs} ({time.perf_counter() - start:.0f} s)")
         for array in arrays.values():
             array.flush()
@@ -304,6 +414,7 @@ def build_cache(
             **shapes,
             "features": shapes.get("features"),
             "dtype": "float16",
+            "checksums": {"algorithm": "sha256 of each epoch's block", "blocks": checksums},
             "precision": "teacher in eval mode, fp32 without autocast or TF32, stored as fp16",
             "built": {
                 "device": _device_name(device),
@@ -390,3 +501,22 @@ def verify_cache(
                     "tolerance); the cache is stale or corrupt: rebuild it"
                 )
     return worst
+
+
+def describe(folder: str | Path) -> str:
+    """One line on the cache in ``folder`` (``ckd cache info``)."""
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"{folder} is not a teacher cache (no {MANIFEST})")
+    try:
+        m = json.loads(manifest.read_text())
+        feats = "with features" if m.get("features") else "logits only"
+        return (
+            f"{folder}: teacher {m['teacher']['name']} "
+            f"(sha256 {m['teacher']['checkpoint_sha256'][:12]}), {m['dataset']['name']} "
+            f"{m['dataset']['num_train']} train views x {m['epochs']} epochs, "
+            f"aug_seed {m['aug_seed']}, {feats}, built on {m['built']['device']} "
+            f"in {m['built']['seconds']} s"
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{manifest}: unreadable or malformed ({e!r:.120})") from None

@@ -6,6 +6,9 @@ A checkpoint is a dict of tensors and plain Python values::
      "optimizer": ..., "epoch": completed epochs, "best_top1": ..., "best_epoch": ...,
      "config": the run's config as a mapping, "rng": RNG states, "scaler": grad-scaler state}
 
+``save_atomic`` adds ``"payload_sha256"``, a checksum of everything else, which
+``load_checkpoint`` verifies (files without it, older ones or foreign teachers, load as they are).
+
 Its ``model`` entry is a plain student state dict, so a checkpoint of ours can serve as a teacher
 exactly like the reference code base's teacher files (``{"model": state_dict}``).
 """
@@ -20,13 +23,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from ckd.errors import CheckpointError
+from ckd.integrity import CHECKSUM_KEY, payload_sha256
+from ckd.models.weights import read_checkpoint
+
 FORMAT = "ckd/1"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a reader never sees a truncated file and a crash leaves the previous file intact."""
+    a reader never sees a truncated file and a crash leaves the previous file intact. A dict
+    gets the checksum of its payload (``payload_sha256``), which :func:`load_checkpoint`
+    verifies. A full disk is an ``OSError`` naming ``path``."""
     path = Path(path)
+    if isinstance(obj, dict):
+        body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+        obj = {**body, CHECKSUM_KEY: payload_sha256(body)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -34,16 +46,37 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # e.g. a full disk: say which file could not be written
+        if e.errno is None or e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (no unpickling of arbitrary objects)."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a checkpoint dict (got {type(obj).__name__})")
-    return obj
+    """Load a checkpoint safely (no unpickling of arbitrary objects), verifying its checksum
+    when it has one.
+
+    Raises:
+        CheckpointError: one line naming the file (see :func:`ckd.models.read_checkpoint`).
+    """
+    return dict(read_checkpoint(path))
+
+
+def load_for_resume(path: Path) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a run's ``last.pt``; when it cannot be used, the one-line
+    error also says whether the run's ``best.pt`` is intact."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        best, note = path.with_name("best.pt"), ""
+        if best.is_file() and best != path:
+            try:
+                note = f"; {best} (epoch {load_checkpoint(best).get('epoch')}) is intact"
+            except CheckpointError:
+                note = f"; {best} is unreadable too"
+        raise CheckpointError(f"--resume: {e}{note}") from None
 
 
 def rng_state() -> dict[str, Any]:

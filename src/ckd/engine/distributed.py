@@ -168,7 +168,8 @@ def shard(n: int, ctx: DistContext) -> torch.Tensor:
 class MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Index lists of this rank's micro-batches for one epoch: a fresh order from ``generator``
     (drawn when iterated, like ``RandomSampler``), cut into global batches of ``batch_size``
-    (a last incomplete one dropped when ``drop_last``), each cut by :func:`my_pieces`."""
+    (a last incomplete one dropped when ``drop_last``), each cut by :func:`my_pieces`; the
+    global batches from number ``start`` on (a resumed epoch skips what it trained on)."""
 
     def __init__(
         self,
@@ -178,9 +179,11 @@ class MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
         drop_last: bool,
         ctx: DistContext,
         accum_steps: int = 1,
+        start: int = 0,
     ) -> None:
         self.n, self.batch_size, self.generator = n, batch_size, generator
         self.drop_last, self.ctx, self.accum_steps = drop_last, ctx, accum_steps
+        self.start = start
 
     def steps(self) -> int:
         """Optimisation steps (global batches) per epoch."""
@@ -188,11 +191,11 @@ class MicroBatchSampler(torch.utils.data.Sampler[list[int]]):
         return full + (1 if rest and not self.drop_last else 0)
 
     def __len__(self) -> int:
-        return self.steps() * self.accum_steps
+        return (self.steps() - self.start) * self.accum_steps
 
     def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(self.n, generator=self.generator)
-        for step in range(self.steps()):
+        for step in range(self.start, self.steps()):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
             for piece in my_pieces(batch, self.ctx, self.accum_steps):
                 yield piece.tolist()

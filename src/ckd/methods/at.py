@@ -22,7 +22,6 @@ class ATOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_at >= 0, "w_at", ">= 0")
         self.require(self.p > 0, "p", "> 0")
 
 
@@ -38,4 +37,4 @@ class AT(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         s, t = paired_stages(b.student.feats, b.teacher.feats)
-        return {"ce": self.ce(b), "at": self.options.w_at * at_loss(s, t, self.options.p)}
+        return {"at": self.options.w_at * at_loss(s, t, self.options.p)}

@@ -53,7 +53,6 @@ class CRDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_crd >= 0, "w_crd", ">= 0")
         self.require(self.feat_dim >= 1, "feat_dim", ">= 1")
         self.require(self.nce_k >= 1, "nce_k", ">= 1")
         self.require(self.nce_t > 0, "nce_t", "> 0")
@@ -125,4 +124,4 @@ class CRD(Method):
             for bank, new in ((self.memory_student, v_s), (self.memory_teacher, v_t)):
                 new = b.gather(new.detach())
                 bank.index_copy_(0, index, crd_memory_update(bank[index], new, o.nce_m))
-        return {"ce": self.ce(b), "crd": o.w_crd * term}
+        return {"crd": o.w_crd * term}

@@ -30,7 +30,6 @@ class FitNetOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_fitnet >= 0, "w_fitnet", ">= 0")
         self.require(self.hint_layer >= 0, "hint_layer", ">= 0")
 
 
@@ -94,4 +93,4 @@ class FitNet(Method):
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         hint = self.regressor(b.student.feats[self.student_index])
         guided = b.teacher.feats[self.teacher_index]
-        return {"ce": self.ce(b), "fitnet": self.options.w_fitnet * fitnet_loss(hint, guided)}
+        return {"fitnet": self.options.w_fitnet * fitnet_loss(hint, guided)}

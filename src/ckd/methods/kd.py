@@ -1,8 +1,10 @@
-"""Hinton KD: ``w_ce * CE + w_kd * kd_loss``, optionally on standardised logits."""
+"""Hinton KD: ``w_ce * task loss + w_kd * kd_loss``, optionally on standardised logits (on
+detection: the RoI logits, background included as a class)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import torch
 
@@ -12,6 +14,10 @@ from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 @dataclasses.dataclass
 class KDOptions(MethodOptions):
+    TASK_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "detection": {"w_ce": 1.0, "w_kd": 1.0, "temperature": 1.0}
+    }
+
     w_ce: float = 0.1
     w_kd: float = 0.9
     temperature: float = 4.0
@@ -27,6 +33,7 @@ class KDOptions(MethodOptions):
 @METHODS.register("kd")
 class KD(Method):
     Options = KDOptions
+    tasks = ("classification", "detection")
     description = "KL between temperature-softened teacher and student probabilities"
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, 2015"
 
@@ -35,4 +42,4 @@ class KD(Method):
         s, t = b.student.logits, b.teacher.logits
         if o.logit_standardize:
             s, t = standardize_logits(s), standardize_logits(t)
-        return {"ce": self.ce(b), "kd": o.w_kd * kd_loss(s, t, o.temperature)}
+        return {"kd": o.w_kd * kd_loss(s, t, o.temperature)}

@@ -25,7 +25,6 @@ class KDSVDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_kdsvd >= 0, "w_kdsvd", ">= 0")
         self.require(self.k >= 1, "k", ">= 1")
         self.require(self.vectors in KDSVD_VECTORS, "vectors", f"one of {', '.join(KDSVD_VECTORS)}")
 
@@ -43,4 +42,4 @@ class KDSVD(Method):
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
         s, t = paired_stages(b.student.feats, b.teacher.feats)
-        return {"ce": self.ce(b), "kdsvd": o.w_kdsvd * kdsvd_loss(s, t, o.k, o.vectors)}
+        return {"kdsvd": o.w_kdsvd * kdsvd_loss(s, t, o.k, o.vectors)}

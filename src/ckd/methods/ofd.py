@@ -50,7 +50,6 @@ class OFDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_ofd >= 0, "w_ofd", ">= 0")
         self.require(
             self.connector_kernel >= 1 and self.connector_kernel % 2 == 1,
             "connector_kernel",
@@ -113,4 +112,4 @@ class OFD(Method):
         student_maps = [b.student.preact[i] for i in self.student_stages]
         projected = [c(x) for c, x in zip(self.connectors, student_maps, strict=True)]
         term = ofd_loss(projected, teacher_maps, self.margins())
-        return {"ce": self.ce(b), "ofd": self.options.w_ofd * term}
+        return {"ofd": self.options.w_ofd * term}

@@ -21,7 +21,6 @@ class PKTOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_pkt >= 0, "w_pkt", ">= 0")
         self.require(self.eps > 0, "eps", "> 0")
 
 
@@ -38,4 +37,4 @@ class PKT(Method):
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
         loss = pkt_loss(b.student.embedding, b.teacher.embedding, o.eps)
-        return {"ce": self.ce(b), "pkt": o.w_pkt * loss}
+        return {"pkt": o.w_pkt * loss}

@@ -1,4 +1,4 @@
-"""ReviewKD: ``w_ce * CE + warmup(epoch) * w_reviewkd * hcl_loss(fused student, teacher)``.
+"""ReviewKD: ``w_ce * task loss + warmup * w_reviewkd * hcl_loss(fused student, teacher)``.
 
 Knowledge review: every student level learns from the teacher's level *and the deeper ones*. The
 student's stage features after the stem (post-activation, as in the reference) and its pooled
@@ -19,13 +19,17 @@ configurations of the authors' ``build_review_kd`` and of mdistiller's config.
 
 The teacher's pre-activation maps come from the distiller (``needs_preact``: the tensors the zoo
 names in ``preact_names``); a teacher naming none gives its post-activation stage maps. The
-ABF modules belong to the method: trained, checkpointed and
-resumed with the student.
+ABF modules belong to the method: trained, checkpointed and resumed with the student.
+
+On detection the levels are the five FPN levels of student and teacher (strides 4..64, no stem
+and no embedding: every level is paired, the deepest does not fuse), ``mid`` at most the
+student's FPN channels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +41,9 @@ from ckd.methods.base import (
     Batch,
     Method,
     MethodOptions,
+    Outputs,
     Setup,
     aligned_stages,
-    linear_warmup,
 )
 
 
@@ -49,17 +53,24 @@ class ReviewKDOptions(MethodOptions):
     # WARMUP_EPOCHS 20, MAX_MID_CHANNEL 512, STU_PREACT False). Per pair the weight differs:
     # mdistiller configs/cifar100/reviewkd.yaml (resnet32x4 -> resnet8x4) sets 5.0, as the
     # authors' CIFAR-100/script/reviewKD.sh does for that pair (8.0 for resnet32x4 -> ShuffleV2).
+    # Detection (the FPN levels): weight 1.0 (1.0-2.0 in the released recipes), no warm-up,
+    # mid channels at most 256.
+    TASK_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {
+        "detection": {"warmup_epochs": 0, "max_mid_channels": 256}
+    }
+
     w_ce: float = 1.0
     w_reviewkd: float = 1.0
     # the term grows linearly to its weight over this many epochs, min((epoch + 1) / n, 1) for
-    # the 0-based epoch (mdistiller's 1-based ``epoch / n``); 0: no warm-up
+    # the 0-based epoch (mdistiller's 1-based ``epoch / n``), or iterations; 0: no warm-up
     warmup_epochs: int = 20
+    warmup_iters: int = 0
     max_mid_channels: int = 512
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_reviewkd >= 0, "w_reviewkd", ">= 0")
         self.require(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+        self.require(self.warmup_iters >= 0, "warmup_iters", ">= 0")
         self.require(self.max_mid_channels >= 1, "max_mid_channels", ">= 1")
 
 
@@ -97,6 +108,7 @@ class ReviewKD(Method):
     Options = ReviewKDOptions
     needs_features = True
     needs_preact = True  # the teacher's pre-ReLU maps
+    tasks = ("classification", "detection")
     description = (
         "student levels fused deep-to-shallow by attention (ABF), matched to the teacher's "
         "pre-ReLU maps at several scales (HCL)"
@@ -108,25 +120,36 @@ class ReviewKD(Method):
         self.student_stages, self.teacher_stages = aligned_stages(setup, "reviewkd")
         s, t = setup.student, setup.teacher
         assert s is not None and t is not None
-        c_in = [s.feats[i][0] for i in self.student_stages] + [s.embedding]
-        c_out = [t.feats[j][0] for j in self.teacher_stages] + [t.embedding]
-        mid = min(options.max_mid_channels, s.embedding)
-        # shallow to deep; the last (the embeddings) does not fuse
+        # the pooled embeddings are the deepest level when both networks have one
+        self.embeddings = s.embedding is not None and t.embedding is not None
+        c_in = [s.feats[i][0] for i in self.student_stages]
+        c_out = [t.feats[j][0] for j in self.teacher_stages]
+        if self.embeddings:
+            c_in.append(s.embedding)
+            c_out.append(t.embedding)
+        mid = min(options.max_mid_channels, c_in[-1])
+        # shallow to deep; the deepest does not fuse
         self.abfs = nn.ModuleList(
             ABF(ci, mid, co, fuse=k < len(c_in) - 1)
             for k, (ci, co) in enumerate(zip(c_in, c_out, strict=True))
         )
 
-    def warmup_factor(self, epoch: int) -> float:
-        """``min((epoch + 1) / warmup_epochs, 1)`` for the 0-based epoch."""
-        return linear_warmup(epoch, self.options.warmup_epochs)
+    def levels(self, out: Outputs, maps: tuple[torch.Tensor, ...], stages: list[int]):
+        """The levels of one network, shallow to deep: its paired maps, then its pooled
+        embedding as a ``1x1`` map."""
+        levels = [maps[i] for i in stages]
+        if self.embeddings:
+            assert out.embedding is not None
+            levels.append(out.embedding[:, :, None, None])
+        return levels
 
     def fused(self, b: Batch) -> list[torch.Tensor]:
         """The ABF outputs, shallow to deep, each of its teacher level's shape."""
-        s_emb, t_emb = b.student.embedding, b.teacher.embedding
-        assert s_emb is not None and t_emb is not None
-        levels = [b.student.feats[i] for i in self.student_stages] + [s_emb[:, :, None, None]]
-        sizes = [tuple(b.teacher.feats[j].shape[-2:]) for j in self.teacher_stages] + [(1, 1)]
+        levels = self.levels(b.student, b.student.feats, self.student_stages)
+        sizes = [
+            tuple(m.shape[-2:])
+            for m in self.levels(b.teacher, b.teacher.feats, self.teacher_stages)
+        ]
         outputs: list[torch.Tensor] = []
         deeper = None
         for k in reversed(range(len(levels))):
@@ -136,9 +159,6 @@ class ReviewKD(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        maps = [b.teacher.preact[j] for j in self.teacher_stages]
-        t_emb = b.teacher.embedding
-        assert t_emb is not None
-        teacher = [*maps, t_emb[:, :, None, None]]
+        teacher = self.levels(b.teacher, b.teacher.preact, self.teacher_stages)
         term = hcl_loss(self.fused(b), teacher)
-        return {"ce": self.ce(b), "reviewkd": self.warmup_factor(b.epoch) * o.w_reviewkd * term}
+        return {"reviewkd": b.warmup(o.warmup_epochs, o.warmup_iters) * o.w_reviewkd * term}

@@ -26,9 +26,6 @@ class RKDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_rkd >= 0, "w_rkd", ">= 0")
-        self.require(self.distance_weight >= 0, "distance_weight", ">= 0")
-        self.require(self.angle_weight >= 0, "angle_weight", ">= 0")
         self.require(self.eps > 0, "eps", "> 0")
 
 
@@ -43,7 +40,6 @@ class RKD(Method):
         o = self.options
         s, t = b.student.embedding, b.teacher.embedding
         return {
-            "ce": self.ce(b),
             "rkd_distance": o.w_rkd * o.distance_weight * rkd_distance_loss(s, t, o.squared, o.eps),
             "rkd_angle": o.w_rkd * o.angle_weight * rkd_angle_loss(s, t),
         }

@@ -1,4 +1,5 @@
-"""CE only: how a teacher (or a student baseline without distillation) is trained."""
+"""No distillation: the task's own loss alone (label cross-entropy; a detector's losses), which
+is how a teacher, or a baseline without distillation, is trained."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 class Vanilla(Method):
     Options = MethodOptions
     needs_teacher = False
-    description = "cross-entropy on the labels only (teachers, CE-only baselines)"
+    tasks = ("classification", "detection")
+    description = "the task's own loss only (label CE; a detector's losses): teachers, baselines"
     paper = "-"
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": self.ce(b)}
+        return {}

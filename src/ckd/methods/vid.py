@@ -37,7 +37,6 @@ class VIDOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        self.require(self.w_vid >= 0, "w_vid", ">= 0")
         self.require(self.eps > 0, "eps", "> 0")
         self.require(self.init_pred_var > self.eps, "init_pred_var", "> eps")
 
@@ -81,4 +80,4 @@ class VID(Method):
             if s.shape[2] > t.shape[2] or s.shape[3] > t.shape[3]:
                 s = F.adaptive_avg_pool2d(s, t.shape[-2:])
             terms.append(vid_loss(self.regressors[k](s), t, self.log_scales[k], o.eps))
-        return {"ce": self.ce(b), "vid": o.w_vid * torch.stack(terms).sum()}
+        return {"vid": o.w_vid * torch.stack(terms).sum()}

@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ckd.errors import CheckpointError, cut
+from ckd.integrity import CHECKSUM_KEY, payload_sha256
+
 _WRAPPER_KEYS = ("model", "state_dict")
 _PREFIX = "module."
 _SHOW = 3  # keys named per kind of mismatch
@@ -40,10 +43,17 @@ def _numpy_scalar_globals() -> list[Any]:
     return [scalar, np.dtype, *dtypes]
 
 
-def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(source, Mapping):
-        return source
-    path = os.fspath(source)
+def read_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """The dict in a checkpoint file, loaded with ``weights_only=True`` (NumPy scalars
+    allowed). When it carries a checksum of its payload (:func:`ckd.integrity.payload_sha256`,
+    written by :func:`ckd.engine.checkpoint.save_atomic`), the checksum is verified and the
+    payload returned without it.
+
+    Raises:
+        CheckpointError: one line naming the file: unreadable, empty, truncated, corrupt, not a
+            dict, refused by ``weights_only``, or contents that fail their checksum.
+    """
+    path = os.fspath(path)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -55,10 +65,33 @@ def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, An
         tail = str(err).split("WeightsUnpickler error:", 1)[-1]
         reason = next((ln.strip() for ln in tail.splitlines() if ln.strip()), "")
         reason = reason.split(". ", 1)[0] or type(err).__name__
-        raise ValueError(f"{source}: cannot be loaded with weights_only=True: {reason}") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (weights_only=True refuses it: {cut(reason)})"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file makes torch raise
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            reason = "an empty file"
+        else:
+            first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+            first = first.strip().split(". ", 1)[0]
+            if len(first) < 12:  # e.g. KeyError's "101": name the error too
+                first = f"{type(err).__name__} {first}".strip()
+            reason = f"truncated or corrupt: {cut(first, 120)}"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a dict, got {type(obj).__name__}")
-    return obj
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__})")
+    if CHECKSUM_KEY not in obj:
+        return obj
+    body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+    if payload_sha256(body) != obj[CHECKSUM_KEY]:
+        raise CheckpointError(
+            f"{path}: its contents do not match the checksum saved with them (the file is corrupt)"
+        )
+    return body
+
+
+def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
+    return source if isinstance(source, Mapping) else read_checkpoint(source)
 
 
 def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from ckd.bench.report import find_runs, markdown_report, write_csv
 from ckd.config import (
     Config,
     apply_overrides,
@@ -40,9 +41,8 @@ from ckd.config import (
     resolve_config_path,
 )
 from ckd.engine import Trainer
-from ckd.engine.trainer import config_difference
+from ckd.engine.rundir import config_difference, saved_config
 from ckd.errors import ConfigError
-from ckd.report import find_runs, markdown_report, write_csv
 from ckd.schema import build
 
 say = functools.partial(print, flush=True)
@@ -163,7 +163,7 @@ def _train(cfg: Config) -> dict[str, Any]:
     out = Path(cfg.run.out_dir)
     if (out / "result.json").is_file():
         differs = config_difference(
-            yaml.safe_load((out / "config.yaml").read_text()), cfg.to_dict()
+            saved_config(yaml.safe_load((out / "config.yaml").read_text())), cfg.to_dict()
         )
         if differs:
             raise ConfigError(f"{out} holds a finished run with other settings: {differs}")
@@ -192,14 +192,14 @@ def run_suite(path: str | Path, overrides: list[str] | None = None) -> Path:
             + (": finished earlier, skipped" if done else "")
         )
         _train(cfg)
-    command = " ".join(["ckd bench", shlex.quote(str(path)), *map(shlex.quote, overrides or [])])
+    command = " ".join(["ckd suite", shlex.quote(str(path)), *map(shlex.quote, overrides or [])])
     write_results(root, suite.name, command, suite.description)
     return root
 
 
 def write_results(root: Path, title: str, command: str, notes: str = "") -> str:
     """``results.csv``, ``report.md`` and ``bars.png`` from the finished runs under ``root``."""
-    from ckd.plots import plot_bars
+    from ckd.bench.plots import plot_bars
 
     rows = [r for r in find_runs([root]) if r["label"] != "teacher"]
     write_csv(rows, root / "results.csv")

@@ -112,3 +112,41 @@ def plot_tsne(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_command(
+    kind: str,
+    student: str,
+    out: Path,
+    teacher: str | None = None,
+    model: str | None = None,
+    teacher_model: str | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    subset: int | None = 2000,
+    batch_size: int = 256,
+    device: str = "auto",
+) -> str:
+    """``ckd plot corr|tsne``: the figure of checkpoints' outputs on their test split; returns
+    what it says."""
+    from torch.utils.data import DataLoader
+
+    from ckd.engine.runtime import pick_device
+    from ckd.tasks.classification import checkpoint_model
+
+    dev = pick_device(device)
+
+    def outputs(path: str, name: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, str]:
+        net, model_name, data_name, test = checkpoint_model(path, name, data, data_root)
+        loader = DataLoader(test, batch_size=batch_size, num_workers=0)
+        return (*collect_outputs(net.to(dev), loader, dev, subset), model_name, data_name)
+
+    s_logits, s_embed, targets, s_name, data_name = outputs(student, model)
+    if kind == "tsne":
+        plot_tsne(s_embed, targets, out, f"t-SNE of {s_name} embeddings ({data_name})")
+        return f"wrote {out}"
+    assert teacher is not None
+    t_logits, _, _, t_name, _ = outputs(teacher, teacher_model)
+    diff = correlation_difference(t_logits, s_logits)
+    plot_correlation_difference(diff, out, f"{t_name} vs {s_name} ({data_name})")
+    return f"mean |corr(teacher) - corr(student)| = {diff.mean():.4f}\nwrote {out}"

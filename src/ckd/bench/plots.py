@@ -47,7 +47,7 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ckd.report import aggregate
+    from ckd.bench.report import aggregate
 
     groups = aggregate(rows)
     names = [
@@ -72,3 +72,15 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def bars_command(runs: list[Path], out: Path) -> str:
+    """``ckd plot bars``: the bar chart of the finished runs under ``runs``."""
+    from ckd.bench.report import find_runs
+    from ckd.errors import ConfigError
+
+    rows = [r for r in find_runs(runs) if r["label"] != "teacher"]
+    if not rows:
+        raise ConfigError(f"no finished runs under {', '.join(map(str, runs))}")
+    plot_bars(rows, out)
+    return f"wrote {out}"

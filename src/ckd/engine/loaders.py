@@ -1,0 +1,186 @@
+"""Training input: one protocol, two loaders, for every task.
+
+A :class:`TrainLoader` gives, for an epoch, its optimisation steps in order, each a list of this
+process's ``optim.accum_steps`` :class:`MicroBatch` es on the run's device. Each epoch's sample
+order (and the workers' seeds) is drawn from ``(seed, epoch)`` alone, every global batch of
+``data.batch_size`` is cut into ``processes x accum_steps`` equal micro-batches
+(:func:`~ckd.engine.distributed.my_pieces`), and ``epoch(e, start)`` can begin at any step, so a
+run resumed anywhere sees what an uninterrupted one would.
+
+- :class:`StandardLoader`: a dataset's own transforms in DataLoader workers (any task).
+- :class:`MemoryLoader`: an in-memory split (:class:`~ckd.data.fast.MemoryData`, uint8 on the
+  device) augmented a batch at a time there; each sample's view is drawn from
+  ``(aug_seed, epoch, sample)`` alone, so a teacher cache can replay it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ckd.data.fast import MemoryData, augment_batch, draw_augmentation
+from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of every random draw of one epoch."""
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+class MicroBatch(NamedTuple):
+    """One micro-batch: the inputs and targets (on the device, as the task's view reads them)
+    and the samples' positions in the training set (CPU int64 ``[B]``)."""
+
+    inputs: Any
+    targets: Any
+    index: torch.Tensor
+
+
+class TrainLoader(Protocol):
+    steps_per_epoch: int  # optimisation steps (global batches) per epoch
+    num_samples: int  # training samples
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[MicroBatch]]:
+        """The steps of ``epoch`` from step ``start`` on, each this process's micro-batches."""
+        ...
+
+
+class IndexedDataset(Dataset):
+    """Yields ``(*item, index)``: every method may use the sample index (e.g. a memory bank),
+    and the trainer never needs to know which one does."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.targets = getattr(dataset, "targets", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], index)
+
+
+def _steps(n: int, batch_size: int) -> tuple[int, bool]:
+    """Steps per epoch and whether a last incomplete batch is dropped (it is, unless the set
+    holds a single batch: BN and CKD need more than one sample)."""
+    drop_last = n > batch_size
+    return (n // batch_size if drop_last else -(-n // batch_size)), drop_last
+
+
+def _grouped(items: Iterator[MicroBatch], size: int) -> Iterator[list[MicroBatch]]:
+    group: list[MicroBatch] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+
+
+class StandardLoader:
+    """Batches of an indexed dataset through a DataLoader: ``prepare`` turns each collated
+    ``(inputs, targets, index)`` into a :class:`MicroBatch` on the device. A dataset with a
+    ``set_epoch`` method is told the epoch first (e.g. for flips drawn per epoch)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        prepare: Callable[[tuple[Any, Any, torch.Tensor]], MicroBatch],
+        ctx: DistContext = SINGLE,
+        accum_steps: int = 1,
+        collate: Callable[[list[Any]], Any] | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        self.dataset = IndexedDataset(dataset)
+        self.num_samples = len(self.dataset)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.prepare, self.ctx, self.accum_steps = prepare, ctx, accum_steps
+        self.collate, self.pin_memory = collate, pin_memory
+        self.steps_per_epoch, self.drop_last = _steps(self.num_samples, batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[MicroBatch]]:
+        set_epoch = getattr(self.dataset.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        sampler = MicroBatchSampler(
+            self.num_samples,
+            self.batch_size,
+            generator,
+            self.drop_last,
+            self.ctx,
+            self.accum_steps,
+            start=start,
+        )
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            generator=generator,
+            collate_fn=self.collate,
+        )
+        return _grouped((self.prepare(b) for b in loader), self.accum_steps)
+
+
+class MemoryLoader:
+    """The training split held in memory, augmented on the device: the order from
+    ``(seed, epoch)``, each sample's augmentation from ``(aug_seed, epoch, sample)``."""
+
+    def __init__(
+        self,
+        data: MemoryData,
+        batch_size: int,
+        seed: int,
+        aug_seed: int,
+        channels_last: bool = False,
+        ctx: DistContext = SINGLE,
+        accum_steps: int = 1,
+    ) -> None:
+        self.data, self.batch_size, self.seed, self.aug_seed = data, batch_size, seed, aug_seed
+        self.channels_last, self.ctx, self.accum_steps = channels_last, ctx, accum_steps
+        self.num_samples = len(data)
+        self.steps_per_epoch, self.drop_last = _steps(self.num_samples, batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[list[MicroBatch]]:
+        n, aug = self.num_samples, self.data.augment
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(n, generator=generator)
+        params = draw_augmentation(aug, n, self.aug_seed, epoch) if aug.random else None
+        positions = torch.arange(n)
+        batches = (
+            positions[i * self.batch_size : (i + 1) * self.batch_size]
+            for i in range(start, self.steps_per_epoch)
+        )
+        pieces = (p for b in batches for p in my_pieces(b, self.ctx, self.accum_steps))
+        micro = memory_batches(self.data, order, pieces, params, self.channels_last)
+        return _grouped(micro, self.accum_steps)
+
+
+def memory_batches(
+    data: MemoryData,
+    order: torch.Tensor,
+    pieces: Iterator[torch.Tensor],
+    params: Any = None,
+    channels_last: bool = False,
+) -> Iterator[MicroBatch]:
+    """:class:`MicroBatch` es of ``data``'s samples ``order[piece]`` for each of ``pieces``
+    (contiguous ranges of positions, CPU), augmented with ``params`` (the epoch's
+    :class:`~ckd.data.fast.AugParams`; None: as stored). The order goes to the device once
+    (pinned first on CUDA), so no step waits on a host-to-device copy."""
+    device = data.device
+    order = order.to(torch.int64)
+    if device.type == "cuda":
+        order = order.pin_memory()
+    order_dev = order.to(device, non_blocking=True)
+    params = params.to(device) if params is not None else None
+    for piece in pieces:
+        sl = slice(int(piece[0]), int(piece[-1]) + 1) if len(piece) else slice(0, 0)
+        index = order_dev[sl]
+        images = augment_batch(data, index, params, channels_last)
+        yield MicroBatch(images, data.targets.index_select(0, index), order[sl])
