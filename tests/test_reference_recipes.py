@@ -108,3 +108,12 @@ def test_imagenet_and_places365_recipes_are_the_references(recipe, pair):
     assert {k: getattr(cfg.method.options, k) for k in options} == options
     if recipe.endswith("dkd"):
         assert (cfg.method.options.beta, cfg.method.options.warmup_epochs) == (DKD_LARGE[pair], 1)
+
+
+def test_detection_dkd_defaults_are_the_reference_detection_codes():
+    """The CKD code's detection/model/config.py (KD.DKD: alpha 1, beta 0.25, T 1; its DKD and
+    ReviewDKD recipes keep them) and rcnn_dkd_loss (weight 1, no warm-up)."""
+    over = [f"teacher.checkpoint={__file__}", "method={name: dkd}"]
+    o = load_config("detection/coco/mask_rcnn_r101_r18_ckd_1x", over).method.options
+    assert (o.w_ce, o.alpha, o.beta, o.temperature) == (1.0, 1.0, 0.25, 1.0)
+    assert (o.warmup_epochs, o.warmup_iters) == (0, 0)
