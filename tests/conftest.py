@@ -13,6 +13,16 @@ from ckd.data import make_fake_fashion_mnist
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    small batches gain nothing from threads, and on a busy machine threads spin-wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fake_fmnist(tmp_path_factory) -> Path:
     """A tiny Fashion-MNIST-format folder (class-dependent images) made by the project."""

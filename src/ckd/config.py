@@ -95,6 +95,12 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up from 0, per step, over this many epochs
     warmup_iters: int = 0  # ... or this many iterations (one of the two)
     min_lr: float = 0.0  # cosine: final learning rate
+    # When the learning rate changes: every optimisation step (step), or once per epoch, held
+    # at its value for the epoch's first step (epoch: what the reference code does, whose
+    # CosineAnnealingLR steps once per epoch; the shipped reference recipes set it). The step
+    # schedule changes only at epoch boundaries either way; an iteration schedule (iters) has
+    # no epochs to hold the rate over and updates it every step.
+    lr_update: Literal["step", "epoch"] = "step"
     # Gradient accumulation: each optimisation step sums the gradients of accum_steps
     # micro-batches per process (data.batch_size, the global batch, is cut into processes x
     # accum_steps equal micro-batches), so a recipe's global batch fits on fewer GPUs.

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckd.errors import show
+from ckd.losses._checks import wide
 from ckd.models.features import INPUT_SUFFIX, FeatureExtractor, feature_names
 from ckd.registry import Registry
 
@@ -219,7 +220,8 @@ class ClassifierView:
         self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, needs: Needs
     ) -> tuple[Outputs, torch.Tensor, dict[str, torch.Tensor], None]:
         out = run_network(net, inputs, needs.features, needs.preact)
-        return out, targets, {"ce": F.cross_entropy(out.logits.float(), targets)}, None
+        # float32 (bf16 / fp16 logits promoted), float64 logits in float64, as the losses
+        return out, targets, {"ce": F.cross_entropy(wide(out.logits), targets)}, None
 
     def teacher(self, net: nn.Module, inputs: torch.Tensor, context: None, needs: Needs) -> Outputs:
         return run_network(net, inputs, needs.features, needs.preact)
