@@ -347,3 +347,16 @@ def test_bad_values_are_one_line_config_errors(shapes, tmp_path):
         assert words in str(e.value)
     with pytest.raises(ConfigError, match="needs a teacher"):
         config_from_dict(tiny_config(shapes, tmp_path, {"name": "ckd"}))
+
+
+def test_a_subset_larger_than_the_data_is_one_line(shapes, tmp_path):
+    from ckd.tasks.detection import build_datasets
+
+    base = tiny_config(shapes, tmp_path, {"name": "vanilla"})
+    for key, n in (("train_subset", 13), ("val_subset", 7)):  # 12 train / 6 val images
+        cfg = config_from_dict({**base, "data": {**base["data"], key: n}})
+        with pytest.raises(ConfigError, match=rf"^data\.{key}={n} but .* holds \d+ ") as e:
+            build_datasets(cfg)
+        assert "give at most that, or null for all" in str(e.value)
+    cfg = config_from_dict({**base, "data": {**base["data"], "train_subset": 5}})
+    assert len(build_datasets(cfg)[0]) == 5

@@ -1,10 +1,13 @@
 """``ckd`` command line: parses the arguments and dispatches to the package; nothing else.
 
 Bad input (a config error, a missing, corrupt or unreadable file or dataset, a run folder that
-would be overwritten) prints one line ``ckd: error: ...`` on stderr and exits with code 2,
-having written nothing. A full disk is one line and exit code 2 as well (the file being written
-is left as it was); a closed standard output (``ckd list | head``) ends quietly with 141, as
-a process killed by SIGPIPE. ``key=value`` overrides may come before or after flags.
+would be overwritten or that another process uses) prints one line ``ckd: error: ...`` on stderr
+and exits with code 2, having written nothing. A full disk is one line and exit code 2 as well
+(the file being written is left as it was); a closed standard output (``ckd list | head``) ends
+quietly with 141, as a process killed by SIGPIPE. A run that diverges (a non-finite loss,
+weight or evaluation) is one line and exit code 3. SIGINT and SIGTERM stop a run at the next
+step boundary with a resumable checkpoint: one line, exit code 130 or 143 (128 + the signal).
+``key=value`` overrides may come before or after flags.
 """
 
 from __future__ import annotations
@@ -16,8 +19,18 @@ import os
 import sys
 from pathlib import Path
 
-from ckd.errors import CheckpointError, ConfigError, DataError, RunDirError, one_line
+from ckd.errors import (
+    EXIT_DIVERGED,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Diverged,
+    Interrupted,
+    RunDirError,
+    one_line,
+)
 from ckd.registry import UnknownNameError
+from ckd.signals import terminate_as_interrupt
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -424,12 +437,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        code = args.func(args)
+        with terminate_as_interrupt():
+            code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
     except USER_ERRORS as e:
         print(f"ckd: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"ckd: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except BrokenPipeError:  # the reader left (`ckd list | head`): stop quietly, as tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # as if killed by SIGPIPE
@@ -439,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (writing {e.filename})" if e.filename else ""
         print(f"ckd: error: {DISK_FULL[e.errno]}{where}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"ckd: {one_line(e)}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(
             "ckd: interrupted; the last checkpoint is kept (continue with --resume)",

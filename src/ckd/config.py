@@ -621,10 +621,14 @@ PATH_MAX, NAME_MAX = 4095, 255
 
 
 def check_path(key: str, value: str | None) -> None:
-    """A path a config names: no NUL character, at most PATH_MAX bytes, no name over NAME_MAX
-    (checked before anything touches it, so the OS never fails on it mid-run)."""
+    """A path a config names: not empty (``''`` would be the current folder), no NUL
+    character, at most PATH_MAX bytes, no name over NAME_MAX (checked before anything touches
+    it, so the OS never fails on it mid-run)."""
     if value is None:
         return
+    _require(
+        value.strip() != "", f"{key}: an empty path (the current folder); give a path, or null"
+    )
     _require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
     size = len(value.encode("utf-8"))
     _require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")

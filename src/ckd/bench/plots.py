@@ -17,13 +17,16 @@ def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) ->
     labels = labels or [r.parent.name if r.name.startswith("seed") else r.name for r in runs]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for run, label in zip(runs, labels, strict=True):
-        rows = read_metrics(run)
-        if not rows:
-            continue
-        epochs = [r["epoch"] for r in rows]
-        acc_ax.plot(epochs, [r["test_top1"] for r in rows], label=label)
-        for term in [k for k in rows[0] if k.startswith("train_") and k not in _NOT_LOSSES]:
-            loss_ax.plot(epochs, [r[term] for r in rows], label=f"{label}: {term[6:]}")
+        rows = read_metrics(run)  # a torn last line (a power cut) is left out
+        tested = [r for r in rows if "test_top1" in r]
+        if tested:
+            acc_ax.plot([r["epoch"] for r in tested], [r["test_top1"] for r in tested], label=label)
+        terms = dict.fromkeys(k for r in rows for k in r if k.startswith("train_"))
+        for term in [k for k in terms if k not in _NOT_LOSSES]:
+            have = [r for r in rows if term in r]
+            loss_ax.plot(
+                [r["epoch"] for r in have], [r[term] for r in have], label=f"{label}: {term[6:]}"
+            )
     acc_ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss terms", yscale="log")
     acc_ax.grid(alpha=0.3)

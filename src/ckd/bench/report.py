@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ckd.engine.rundir import read_saved_config
+from ckd.errors import one_line
 
 COLUMNS = (
     "label",
@@ -51,7 +52,7 @@ def read_run(run_dir: Path) -> dict[str, Any] | None:
     result = json.loads(result_file.read_text())
     if not result.get("finished"):
         return None
-    cfg = yaml.safe_load(config_file.read_text())
+    cfg = read_saved_config(config_file)
     method = method_label(cfg["method"])
     return {
         "label": cfg.get("description") or method,
@@ -78,7 +79,13 @@ def find_runs(paths: list[Path]) -> list[dict[str, Any]]:
         candidates = [path] if (path / "result.json").is_file() else []
         candidates += sorted(p.parent for p in path.rglob("result.json") if p.parent != path)
         for run in candidates:
-            row = read_run(run)
+            try:
+                row = read_run(run)
+            except (ValueError, LookupError, TypeError, AttributeError) as e:  # torn, foreign
+                print(
+                    f"ckd: note: skipped {run}: not a ckd run ({one_line(e, 200)})", file=sys.stderr
+                )
+                continue
             if row is not None:
                 rows.append(row)
     return rows

@@ -15,7 +15,9 @@ checkpoint), students, methods and seeds::
     seeds: [0, 1, 2]
 
 Runs land in ``<out_dir>/<label>/<student>/seed<k>``; a finished run (``result.json``) is
-skipped and an interrupted one resumed, so a stopped suite picks up where it was. At the end
+skipped and an interrupted one resumed, so a stopped suite picks up where it was. The suite
+folder is locked (:mod:`ckd.engine.lock`) while a suite runs in it: a second ``ckd suite`` on
+it stops at once with one line naming the first. At the end
 ``results.csv`` (one row per run), ``report.md`` (mean ± std of the last-epoch top-1 over seeds,
 gains over CE-only and KD) and ``bars.png`` are written.
 """
@@ -30,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ckd.bench.report import find_runs, markdown_report, write_csv
 from ckd.config import (
     Config,
@@ -41,7 +41,8 @@ from ckd.config import (
     resolve_config_path,
 )
 from ckd.engine import Trainer
-from ckd.engine.rundir import config_difference, saved_config
+from ckd.engine.lock import FolderLock
+from ckd.engine.rundir import config_difference, holds_run, read_saved_config, saved_config
 from ckd.errors import ConfigError
 from ckd.schema import build
 
@@ -163,12 +164,12 @@ def _train(cfg: Config) -> dict[str, Any]:
     out = Path(cfg.run.out_dir)
     if (out / "result.json").is_file():
         differs = config_difference(
-            saved_config(yaml.safe_load((out / "config.yaml").read_text())), cfg.to_dict()
+            saved_config(read_saved_config(out / "config.yaml")), cfg.to_dict()
         )
         if differs:
             raise ConfigError(f"{out} holds a finished run with other settings: {differs}")
         return {}
-    return Trainer(cfg, resume=(out / "last.pt").is_file(), echo=say).fit()
+    return Trainer(cfg, resume=holds_run(out), echo=say).fit()
 
 
 def run_suite(path: str | Path, overrides: list[str] | None = None) -> Path:
@@ -177,6 +178,17 @@ def run_suite(path: str | Path, overrides: list[str] | None = None) -> Path:
     runs = plan(suite, str(path))
     root = suite.root()
     root.mkdir(parents=True, exist_ok=True)
+    with FolderLock(root, "suite folder"):
+        return _run_suite(suite, runs, root, path, overrides)
+
+
+def _run_suite(
+    suite: Suite,
+    runs: list[tuple[SuiteEntry, str, int]],
+    root: Path,
+    path: str | Path,
+    overrides: list[str] | None,
+) -> Path:
     (root / "suite.yaml").write_text(Path(path).read_text())
     teacher = suite.teacher.checkpoint
     if teacher is None:
