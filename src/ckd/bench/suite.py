@@ -223,6 +223,7 @@ def run_suite(
             say(f"[teacher] {suite.teacher.name} -> {cfg.run.out_dir}")
             _train(cfg)
             teacher = str(Path(cfg.run.out_dir) / "last.pt")
+        start, trained = time.perf_counter(), 0
         for i, (entry, student, seed) in enumerate(runs, 1):
             cfg = run_config(suite, entry, student, seed, teacher)
             done = (Path(cfg.run.out_dir) / "result.json").is_file()
@@ -231,6 +232,8 @@ def run_suite(
                 + (": finished earlier, skipped" if done else "")
             )
             _train(cfg)
+            trained += not done
+        record_throughput(root, trained, time.perf_counter() - start, 1, [], 1, threads, False)
     command = " ".join(["ckd suite", shlex.quote(str(path)), *map(shlex.quote, overrides or [])])
     if jobs > 1:
         command += f" --jobs {jobs}" + (f" --threads {threads}" if threads else "")
@@ -397,24 +400,40 @@ def _run_jobs(
                     say(f"[{i + 1}/{len(runs)}] {name}: FAILED (exit code {code}); see {log}")
         seconds = time.perf_counter() - start
     trained = started - len(failed)
+    record_throughput(root, trained, seconds, jobs, gpus, len(slots), per_run, mps_env is not None)
+    if failed:
+        raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)[:300]}")
+
+
+def record_throughput(
+    root: Path,
+    trained: int,
+    seconds: float,
+    jobs: int,
+    gpus: list[str],
+    at_once: int,
+    threads: int | None,
+    mps: bool,
+) -> None:
+    """``throughput.json``: the runs trained by this invocation (skipped ones not counted), the
+    seconds from the first run's start to the last one's end, runs per hour; and a line."""
+    if not trained:
+        return
     record = {
         "jobs": jobs,
         "gpus": len(gpus),
-        "processes_at_once": len(slots),
-        "threads_per_run": per_run,
-        "cuda_mps": mps_env is not None,
+        "processes_at_once": at_once,
+        "threads_per_run": threads or torch.get_num_threads(),
+        "cuda_mps": mps,
         "runs_trained": trained,
         "seconds": round(seconds, 1),
-        "runs_per_hour": round(3600 * trained / seconds, 2) if trained else None,
+        "runs_per_hour": round(3600 * trained / seconds, 2),
     }
-    if trained:
-        (root / "throughput.json").write_text(json.dumps(record, indent=2) + "\n")
-        say(
-            f"throughput: {trained} runs in {seconds:.0f} s, {record['runs_per_hour']} runs/hour "
-            f"({len(slots)} at once; {root / 'throughput.json'})"
-        )
-    if failed:
-        raise ConfigError(f"{len(failed)} run(s) failed: {'; '.join(failed)[:300]}")
+    (root / "throughput.json").write_text(json.dumps(record, indent=2) + "\n")
+    say(
+        f"throughput: {trained} runs in {seconds:.0f} s, {record['runs_per_hour']} runs/hour "
+        f"({at_once} at once; {root / 'throughput.json'})"
+    )
 
 
 def _child_main(args: dict[str, Any]) -> int:

@@ -188,6 +188,8 @@ class GraphedStep:
         self.distiller, self.optimizer, self.autocast = distiller, optimizer, autocast
         self.device, self.warmup = device, warmup
         self.make_graph = graph or (CudaGraph if device.type == "cuda" else CheckedEagerGraph)
+        for group in optimizer.param_groups:  # a resumed checkpoint may have said otherwise
+            group["fused"], group["foreach"] = True, False  # the kernel that reads a tensor lr
         self.lr = torch.zeros((), dtype=torch.float32, device=device)
         self.epoch = torch.zeros((), dtype=torch.float32, device=device)
         self.step = torch.zeros((), dtype=torch.float32, device=device)
