@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -164,3 +165,60 @@ def test_a_shared_teacher_with_other_settings_is_not_reused(tmp_path, suite_file
     suite_file.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="optim.lr is 0.01 but the run was started with 0.05"):
         run_suite(suite_file)
+
+
+def result_metrics(root):
+    """Every run's result.json without what depends on the clock or the folder."""
+    out = {}
+    for path in sorted(root.glob("*/*/seed*/result.json")):
+        result = json.loads(path.read_text())
+        for key in ("wall_time_s", "images_per_s", "out_dir"):
+            result.pop(key)
+        out[str(path.relative_to(root))] = result
+    return out
+
+
+@pytest.mark.slow
+def test_jobs_run_the_suite_in_processes_of_their_own_with_the_same_results(
+    tmp_path, suite_file, capsys
+):
+    """``--jobs 2`` (two runs at once, each its own process, one torch thread each) gives
+    every run the result.json of the one-at-a-time suite with one thread, trains the teacher
+    once before the jobs, and records the suite's throughput."""
+    data = yaml.safe_load(suite_file.read_text())
+    for jobs in (1, 2):
+        data["out_dir"] = str(tmp_path / f"jobs{jobs}")
+        suite_file.write_text(yaml.safe_dump(data))
+        from ckd.cli import main
+
+        assert main(["suite", str(suite_file), "--jobs", str(jobs), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    one, two = tmp_path / "jobs1", tmp_path / "jobs2"
+    assert result_metrics(one) == result_metrics(two) and len(result_metrics(two)) == 4
+    assert "[teacher] resnet8" in out and "2 at once on the CPU" in out
+    for root, at_once in ((one, 1), (two, 2)):
+        throughput = json.loads((root / "throughput.json").read_text())
+        assert throughput["runs_trained"] == 4 and throughput["processes_at_once"] == at_once
+        assert throughput["threads_per_run"] == 1 and throughput["runs_per_hour"] > 0
+    assert (two / "logs" / "CKD_resnet8_seed1.log").is_file()
+    assert "--jobs 2 --threads 1" in (two / "report.md").read_text()
+    # finished: nothing runs again, and a bad --jobs is one line
+    assert main(["suite", str(suite_file), "--jobs", "2"]) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+    assert main(["suite", str(suite_file), "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "ckd: error: --jobs must be >= 1; got 0"
+
+
+def test_bad_jobs_threads_and_mps_are_one_line_before_anything_runs(tmp_path, suite_file, capsys):
+    from ckd.bench.suite import cuda_mps
+    from ckd.cli import main
+
+    for flags, message in (
+        (["--jobs", "0"], "--jobs must be >= 1; got 0"),
+        (["--jobs", "2", "--threads", "0"], "--threads must be >= 1; got 0"),
+    ):
+        assert main(["suite", str(suite_file), *flags]) == 2
+        assert capsys.readouterr().err.strip() == f"ckd: error: {message}"
+    assert not (tmp_path / "out").exists()
+    with cuda_mps("auto", [], 4) as env:  # no GPU: no MPS, nothing started
+        assert env is None

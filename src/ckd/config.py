@@ -124,7 +124,8 @@ class OptimConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), none elsewhere
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     out_dir: str | None = None  # default: runs/<config name>/seed<seed>
     tensorboard: bool = True
     progress: bool = True  # progress bars (only on a terminal)
@@ -132,8 +133,14 @@ class RunConfig:
     # CPU with oneDNN, see benchmarks/README.md).
     channels_last: bool | Literal["auto"] = "auto"
     # torch.compile: true = student and teacher; teacher = the frozen teacher alone (compiled for
-    # inference with freezing: BN folded into the convolutions). Costs a minute or more up front.
-    compile: bool | Literal["teacher"] = False
+    # inference with freezing: BN folded into the convolutions); reduce-overhead = both, with
+    # torch.compile's own CUDA graphs (CUDA only). Costs a minute or more up front.
+    compile: bool | Literal["teacher", "reduce-overhead"] = False
+    # The whole training step (teacher and student forward, loss, backward, SGD step) captured
+    # once as a CUDA graph and replayed (ckd.engine.graphs). true: refused in one line where it
+    # cannot work (not CUDA, torchrun, fp16, optim.accum_steps > 1, detection, a method that
+    # syncs with the host); auto: on where it can work, off elsewhere.
+    cuda_graphs: bool | Literal["auto"] = False
     # Folder of the teacher-output cache (ckd.engine.cache): the teacher's logits of every
     # (epoch, sample) of the fast loader, built on first use or by `ckd cache build`.
     teacher_cache: str | None = None
@@ -552,6 +559,11 @@ def validate(cfg: BaseConfig) -> None:
             r.teacher_cache is None,
             f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
         )
+    if r.cuda_graphs is True:
+        from ckd.engine.graphs import graph_obstacle
+
+        problem = graph_obstacle(cfg)
+        _require(problem is None, f"run.cuda_graphs=true: {problem}; set run.cuda_graphs=false")
     for key in ("batch_size", "test_batch_size"):
         _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {show(getattr(d, key))}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {show(d.num_workers)}")

@@ -39,6 +39,7 @@ from tqdm import tqdm
 import ckd.faults as faults
 from ckd.config import BaseConfig
 from ckd.engine.checkpoint import FORMAT, rng_state, seed_everything, set_rng_state
+from ckd.engine.graphs import GraphedStep, graph_obstacle
 from ckd.engine.loaders import MicroBatch, epoch_seed
 from ckd.engine.metrics import MetricsLog
 from ckd.engine.rundir import RunFolder
@@ -187,7 +188,9 @@ class Trainer:
         self, cfg: BaseConfig, resume: bool = False, echo: Callable[[str], None] = _say
     ) -> None:
         self.cfg = cfg
-        self.runtime = rt = Runtime.start(cfg.run, cfg.data.batch_size, cfg.optim.accum_steps)
+        self.runtime = rt = Runtime.start(
+            cfg.run, cfg.data.batch_size, cfg.optim.accum_steps, graph_obstacle(cfg)
+        )
         self.echo = rt.echo(echo)
         out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir is not None else cfg.default_out_dir()
         self.folder = RunFolder(out_dir, resume, rt.is_main)  # checked and locked
@@ -213,6 +216,7 @@ class Trainer:
             momentum=o.momentum,
             nesterov=o.nesterov,
             weight_decay=o.weight_decay,
+            **rt.optimizer_options(),
         )
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp is torch.float16)
         self.steps_per_epoch = spe = self.task.loader.steps_per_epoch
@@ -235,6 +239,11 @@ class Trainer:
             cfg, self.task, self.schedule.total, self.state.step // spe, self.echo
         )
         self.ddp = rt.wrap(TrainView(d))
+        self.graphed = (
+            GraphedStep(d, self.optimizer, functools.partial(rt.autocast, cache=False), rt.device)
+            if rt.cuda_graphs
+            else None
+        )
 
     # ------------------------------------------------------------------ state
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -348,11 +357,17 @@ class Trainer:
     ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """One optimisation step over this rank's micro-batches (gradients accumulated, DDP's
         all-reduce only after the last); returns (student logits, loss terms) of each,
-        detached."""
+        detached. With ``run.cuda_graphs`` the step is a replayed CUDA graph
+        (:mod:`ckd.engine.graphs`); its logits are valid until the next step."""
+        if self.graphed is not None:
+            source = self.teacher.source(micro_batches[0], epoch)
+            return self.graphed(micro_batches, source, lr, epoch, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         rt = self.runtime
+        if rt.compile == "reduce-overhead":  # torch.compile's CUDA graphs: a new step begins
+            torch.compiler.cudagraph_mark_step_begin()
         forward = self.ddp if self.ddp is not None else self.distiller.forward_train
         gather = rt.dist.gather if rt.dist.distributed else None
         n = len(micro_batches)
