@@ -227,6 +227,7 @@ def test_report_writes_into_the_folder_it_is_given(tmp_path, suite_file, capsys)
     data = yaml.safe_load(suite_file.read_text())
     data["seeds"] = [0]
     data["compare"] = [["CKD", "CE"]]
+    data["overrides"] = ["run.eval_teacher=false"]  # the teacher's top-1: its own result.json
     suite_file.write_text(yaml.safe_dump(data))
     root = run_suite(suite_file)
     for name in ("results.csv", "report.md", "bars.png"):
@@ -236,6 +237,7 @@ def test_report_writes_into_the_folder_it_is_given(tmp_path, suite_file, capsys)
     out = capsys.readouterr().out
     assert out.count("# tiny") == 1  # the suite's name, printed once
     assert "| CKD - CE | resnet8 | 1 |" in out and "not tested" in out
+    assert f"Teacher resnet8 (`{root / 'teacher'}`, seed 0): top-1 " in out
     assert (root / "report.md").read_text() == out and (root / "results.csv").is_file()
     assert main(["report", str(root), str(root)]) == 2  # several folders: --out needed
     assert "--out" in capsys.readouterr().err

@@ -322,6 +322,25 @@ def software_versions() -> dict[str, str]:
     }
 
 
+def _trained_teachers(rows: list[dict[str, Any]], skip: set[str]) -> list[str]:
+    """For runs that did not evaluate their teacher (``run.eval_teacher=false``): the teacher
+    run's own result, when its checkpoint sits in a finished run folder (a suite's teacher)."""
+    lines = []
+    for ckpt in dict.fromkeys(str(r.get("settings", {}).get("teacher.checkpoint")) for r in rows):
+        folder = Path(ckpt).parent
+        if ckpt == "None" or not (folder / "result.json").is_file():
+            continue
+        result = json.loads((folder / "result.json").read_text())
+        name = result.get("student")
+        if name in skip or "last_top1" not in result:
+            continue
+        lines.append(
+            f"Teacher {name} (`{folder}`, seed {result.get('seed')}): top-1 "
+            f"{result['last_top1']:.2f} on its test set, after {result.get('epochs')} epochs"
+        )
+    return lines
+
+
 def _cell(found: list[Comparison], g: Group, kind: str) -> str:
     c = next((c for c in found if c.group is g and c.kind == kind), None)
     if c is None:
@@ -356,6 +375,7 @@ def markdown_report(
         else:  # the seeds were evaluated on different test subsets
             each = ", ".join(f"seed {k}: {v:.2f}" for k, v in sorted(by_seed.items()))
             lines.append(f"Teacher {name}: top-1 {statistics.fmean(accs):.2f} ({each})")
+    lines += _trained_teachers(rows, skip=set(teachers))
     pct = f"{CONFIDENCE:.0%}"
     lines += [
         "",
