@@ -30,14 +30,20 @@ def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) ->
     loss_ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=8)
     loss_ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+_NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-_NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
 
 
 def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
@@ -68,11 +74,7 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     ax.set_ylim(low - pad, high + pad)
     ax.set(ylabel="last-epoch test top-1 (%)", title=title or "mean ± std over seeds")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_differences(found: list, out: Path, title: str = "") -> Path:
@@ -105,11 +107,7 @@ def plot_differences(found: list, out: Path, title: str = "") -> Path:
         title=title or "paired differences",
     )
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def bars_command(runs: list[Path], out: Path) -> str:
