@@ -333,9 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
         pk.add_argument("--out", default=f"{kind}.png")
     pl.set_defaults(func=_cmd_plot)
 
-    r = sub.add_parser("report", help="results.csv and report.md from finished runs")
+    r = sub.add_parser(
+        "report",
+        help="results.csv, report.md (paired differences with t intervals) and figures "
+        "from finished runs",
+    )
     r.add_argument("runs", nargs="+", help="run or suite folders")
-    r.add_argument("--out", default=None, help="also write results.csv/report.md here")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="folder for results.csv, report.md, differences.csv, bars.png, differences.png "
+        "(default: the one folder given; required with several)",
+    )
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="offline demo: Fashion-MNIST teacher, then CE / KD / CKD")

@@ -13,13 +13,15 @@ checkpoint), students, methods and seeds::
       - {label: CKD, method: {name: ckd, w_ckd: 10.0}}
       - {label: CKD b16, method: {name: ckd}, overrides: [data.batch_size=16]}
     seeds: [0, 1, 2]
+    compare: [[CKD b16, CKD]]          # extra paired comparisons (first minus second) to report
 
 Runs land in ``<out_dir>/<label>/<student>/seed<k>``; a finished run (``result.json``) is
 skipped and an interrupted one resumed, so a stopped suite picks up where it was. The suite
 folder is locked (:mod:`ckd.engine.lock`) while a suite runs in it: a second ``ckd suite`` on
 it stops at once with one line naming the first. At the end
 ``results.csv`` (one row per run), ``report.md`` (mean ± std of the last-epoch top-1 over seeds,
-gains over CE-only and KD) and ``bars.png`` are written.
+differences to CE-only and KD paired by seed with their t intervals, see ckd.bench.report),
+``differences.csv``, ``bars.png`` and ``differences.png`` are written.
 
 ``jobs`` > 1 (``ckd suite SUITE.yaml --jobs N``) trains N runs at once per GPU, every GPU of the
 machine filled, each run a process of its own (``python -m ckd.bench.suite --child``) that
@@ -97,6 +99,8 @@ class Suite:
     overrides: list[str] = field(default_factory=list)
     out_dir: str | None = None
     description: str = ""
+    # extra paired comparisons for the report: [label A, label B] (A minus B, per student)
+    compare: list[list[str]] = field(default_factory=list)
 
     def root(self) -> Path:
         return Path(self.out_dir or Path("runs") / "suites" / self.name)
@@ -116,6 +120,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
             raise ConfigError(
                 f"methods: label {label!r} may use letters, digits, _ . + - and space"
             )
+    for pair in suite.compare:
+        if len(pair) != 2 or not set(pair) <= set(labels):
+            raise ConfigError(f"compare: each entry is two labels of methods; got {pair}")
     if not suite.seeds or not suite.students or not suite.methods:
         raise ConfigError("a suite needs at least one seed, one student and one method")
     return suite
@@ -253,8 +260,12 @@ def _run_suite(
     command = " ".join(["ckd suite", shlex.quote(str(path)), *map(shlex.quote, overrides or [])])
     if jobs > 1:
         command += f" --jobs {jobs}" + (f" --threads {threads}" if threads else "")
-    write_results(root, suite.name, command, suite.description)
+    write_results(root, suite.name, command, suite.description, _pairs(suite.compare))
     return root
+
+
+def _pairs(compare: list[list[str]]) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in compare]
 
 
 def _teacher_path(suite: Suite) -> str:
@@ -470,32 +481,61 @@ def _child_main(args: dict[str, Any]) -> int:
     return 0
 
 
-def write_results(root: Path, title: str, command: str, notes: str = "") -> str:
-    """``results.csv``, ``report.md`` and ``bars.png`` from the finished runs under ``root``."""
-    from ckd.bench.plots import plot_bars
+def write_results(
+    root: Path,
+    title: str,
+    command: str,
+    notes: str = "",
+    compare: list[tuple[str, str]] | None = None,
+    runs: list[Path] | None = None,
+    echo: bool = True,
+) -> str:
+    """``results.csv``, ``report.md``, ``differences.csv``, ``bars.png`` and
+    ``differences.png`` in ``root`` from the finished runs under ``runs`` (default: ``root``)."""
+    from ckd.bench.plots import plot_bars, plot_differences
+    from ckd.bench.report import aggregate, comparisons, write_differences_csv
 
-    rows = [r for r in find_runs([root]) if r["label"] != "teacher"]
+    rows = [r for r in find_runs(runs or [root]) if r["label"] != "teacher"]
+    root.mkdir(parents=True, exist_ok=True)
     write_csv(rows, root / "results.csv")
-    report = markdown_report(rows, title, command, notes)
+    report = markdown_report(rows, title, command, notes, compare)
     (root / "report.md").write_text(report)
+    found = comparisons(aggregate(rows), compare)
+    write_differences_csv(found, root / "differences.csv")
     if rows:
         plot_bars(rows, root / "bars.png", title)
-    say(report)
+    if found:
+        plot_differences(found, root / "differences.png", title)
+    if echo:
+        say(report)
     return report
 
 
 def main_report(paths: list[str], out: str | None) -> str:
-    """``ckd report RUN_DIRS...``: the tables of the finished runs found under ``paths``."""
-    rows = [r for r in find_runs([Path(p) for p in paths]) if r["label"] != "teacher"]
+    """``ckd report RUN_DIRS... [--out DIR]``: the report of the finished runs found under
+    ``paths``, written to ``DIR``, or to the one folder given; a suite folder's own
+    ``suite.yaml`` gives the title, notes and compare pairs."""
+    if out is None and len(paths) != 1:
+        raise ConfigError("several folders: give --out DIR for results.csv and report.md")
+    dirs = [Path(p) for p in paths]
+    rows = [r for r in find_runs(dirs) if r["label"] != "teacher"]
     if not rows:
         raise ConfigError(f"no finished runs (result.json + config.yaml) under {', '.join(paths)}")
+    title, notes, compare = "report", "", None
+    suite_file = dirs[0] / "suite.yaml"
+    if len(dirs) == 1 and suite_file.is_file():
+        data = read_yaml(suite_file.resolve())
+        title, notes = str(data.get("name", title)), str(data.get("description", ""))
+        compare = _pairs(data.get("compare") or [])
     command = "ckd report " + " ".join(map(shlex.quote, paths))
-    report = markdown_report(rows, "report", command)
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_csv(rows, Path(out) / "results.csv")
-        (Path(out) / "report.md").write_text(report)
+        command += f" --out {shlex.quote(out)}"
+    target = Path(out) if out else dirs[0]
+    report = write_results(target, title, command, notes, compare, runs=dirs, echo=False)
     sys.stdout.write(report)
+    print(
+        f"wrote {target / 'report.md'}, results.csv, differences.csv and figures", file=sys.stderr
+    )
     return report
 
 
