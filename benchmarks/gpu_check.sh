@@ -2,7 +2,8 @@
 # The GPU checks of one device session (H100/H200, torch from the machine's image, the package
 # from src/ without installing): (1) the NCCL path of distributed training through torchrun,
 # (2) the Fashion-MNIST suites on the fast loader, (3) the epoch-time benchmark, (4) the cost of a
-# CKD step against KD, DKD and CRD, (5) detection distillation on CUDA with bf16.
+# CKD step against KD, DKD and CRD, (5) detection distillation on CUDA with bf16, (6) the speed
+# checks of issue 14 (STEPS=speed: CUDA graphs, suite --jobs, ~7 minutes, run first).
 # STEPS picks them (default: "nccl suites epoch"). Fashion-MNIST's four .gz files travel in
 # .gpu_data/; wheels of packages the machine lacks (pycocotools, for step 5) in .whl/.
 # Results go to $OUT.
@@ -19,6 +20,18 @@ mkdir -p /usr/share/datasets/fashion-mnist && cp .gpu_data/*.gz /usr/share/datas
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/machine.txt"
 nproc | sed 's/^/cpu cores /' | tee -a "$OUT/machine.txt"
+
+# (6) issue 14 (benchmarks/gpu_speed.py), about 7 minutes on an H200, at most 10 (each section
+# has its own time limit, most important first): the step as a CUDA graph against eager over 50
+# steps, epoch times with graphs, a suite's runs per hour with --jobs 1, 4 and 8, the CKD step
+# against the KD step in every mode, the two other pairs; COMPILE=1 adds reduce-overhead.
+has speed && {
+  declare -A LIMIT=([equality]=90 [epoch]=150 [suite]=150 [cost]=90 [pairs]=120 [compile]=180)
+  for s in equality epoch suite cost pairs ${COMPILE:+compile}; do
+    echo "== $s"; timeout "${LIMIT[$s]}" python3 benchmarks/gpu_speed.py "$s" --out "$OUT"
+  done
+  python3 benchmarks/gpu_speed.py report --out "$OUT"
+} 2>&1 | grep -v "^round" | tee "$OUT/gpu_speed.log"
 
 # (1) NCCL: the same CKD run (gathered negatives) as a torchrun launch and as a plain process
 has nccl && {

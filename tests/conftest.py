@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,19 @@ import torch
 from ckd.data import make_fake_fashion_mnist
 
 torch.set_num_threads(2)
+# run.amp=auto as on a CPU without native bf16 (full precision), whatever CPU runs the tests,
+# in this process and the ones it starts; tests of the bf16 choice mock the CPU's flags.
+os.environ["CKD_CPU_BF16"] = "0"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    small batches gain nothing from threads, and on a busy machine threads spin-wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

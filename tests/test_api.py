@@ -91,7 +91,8 @@ def test_import_ckd_and_the_help_do_not_load_torch():
     code = (
         "import sys, ckd\n"
         "from ckd.cli import main\n"
-        "for argv in (['--help'], ['train', '--help'], ['--version'], ['list', 'models']):\n"
+        "for argv in (['--help'], ['train', '--help'], ['--version'], ['list', 'models'],\n"
+        "             ['list', 'configs']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"

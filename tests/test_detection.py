@@ -280,6 +280,18 @@ def test_bad_annotations_are_skipped_not_fatal(tmp_path):
     assert CocoDetection(root, "train2017", labels="category_id").num_classes == 10
 
 
+# The reference's detection/configs/CKD/ReviewCKD-*.yaml: ReviewKD's weight per (arch, student),
+# and the one recipe with 4 images per batch (ReviewCKD-R18-R101.yaml; 8 elsewhere)
+REVIEWKD_W = {
+    ("faster_rcnn", "resnet18"): 1.2,
+    ("mask_rcnn", "resnet18"): 0.8,
+    ("faster_rcnn", "resnet50"): 1.0,
+    ("mask_rcnn", "resnet50"): 1.0,
+    ("faster_rcnn", "mobilenet_v2"): 2.0,
+    ("mask_rcnn", "mobilenet_v2"): 1.0,
+}
+
+
 def test_coco_configs_of_the_three_pairs_load_and_build(tmp_path):
     names = shipped_configs("detection")
     assert not any(n.startswith("detection/") for n in shipped_configs())
@@ -287,9 +299,12 @@ def test_coco_configs_of_the_three_pairs_load_and_build(tmp_path):
     over = [f"teacher.checkpoint={__file__}"]  # any file: validation only, built without it
     for name in [n for n in names if n.startswith("detection/coco/") and "_ckd_" in n]:
         cfg = load_config(name, over)
-        assert (cfg.data.batch_size, cfg.optim.lr, cfg.method.name) == (8, 0.01, "ckd")
-        assert cfg.method.options.w_ckd == 0.1 and cfg.method.also[0].name == "reviewkd"
         paper = name.endswith("_paper")
+        key = (cfg.detector.arch, cfg.student.backbone)
+        batch = 4 if paper and key == ("faster_rcnn", "resnet18") else 8
+        assert (cfg.data.batch_size, cfg.optim.lr, cfg.method.name) == (batch, 0.01, "ckd")
+        assert cfg.method.options.w_ckd == 0.1 and cfg.method.also[0].name == "reviewkd"
+        assert cfg.method.also[0].options.w_reviewkd == REVIEWKD_W[key]
         assert (cfg.optim.iters, cfg.optim.milestones) == (
             (360_000, [240_000, 320_000]) if paper else (90_000, [60_000, 80_000])
         )
@@ -332,3 +347,16 @@ def test_bad_values_are_one_line_config_errors(shapes, tmp_path):
         assert words in str(e.value)
     with pytest.raises(ConfigError, match="needs a teacher"):
         config_from_dict(tiny_config(shapes, tmp_path, {"name": "ckd"}))
+
+
+def test_a_subset_larger_than_the_data_is_one_line(shapes, tmp_path):
+    from ckd.tasks.detection import build_datasets
+
+    base = tiny_config(shapes, tmp_path, {"name": "vanilla"})
+    for key, n in (("train_subset", 13), ("val_subset", 7)):  # 12 train / 6 val images
+        cfg = config_from_dict({**base, "data": {**base["data"], key: n}})
+        with pytest.raises(ConfigError, match=rf"^data\.{key}={n} but .* holds \d+ ") as e:
+            build_datasets(cfg)
+        assert "give at most that, or null for all" in str(e.value)
+    cfg = config_from_dict({**base, "data": {**base["data"], "train_subset": 5}})
+    assert len(build_datasets(cfg)[0]) == 5

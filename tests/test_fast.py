@@ -289,7 +289,8 @@ def test_a_mismatched_cache_is_refused(tmp_path, fake_fmnist, teacher_ckpt, caps
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ckd: error: run.teacher_cache:") and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    # the trainer built above claimed tmp_path/run (its lock), wrote nothing; the refused run too
+    assert [p.name for p in (tmp_path / "run").iterdir()] == [".ckd.lock"]
     # a corrupted cache fails its checksum ...
     logits = np.load(cache_dir / "logits.npy", mmap_mode="r+")
     logits[0] += np.float16(0.5)

@@ -57,7 +57,7 @@ def close(actual: torch.Tensor, expected: list, what: str) -> None:
 
 def test_registry_holds_the_reference_cifar_names_and_the_imagenet_student() -> None:
     assert model_names() == sorted(MODELS) == sorted([*NAMES, "MobileNetV1"])
-    assert len(NAMES) == 23
+    assert len(NAMES) == 26
 
 
 def test_literature_parameter_counts() -> None:
@@ -65,6 +65,10 @@ def test_literature_parameter_counts() -> None:
     assert count_parameters(create_model("resnet32x4")) == 7_433_860
     assert REF["models"]["resnet8x4"]["num_params"] == 1_233_540
     assert REF["models"]["resnet32x4"]["num_params"] == 7_433_860
+    # the CKD code's extra WRNs (100 classes)
+    wrn = {"wrn_16_4": 2_772_020, "wrn_28_2": 1_479_220, "wrn_28_4": 5_872_180}
+    for name, count in wrn.items():
+        assert count_parameters(create_model(name)) == REF["models"][name]["num_params"] == count
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,10 +1,13 @@
 """``ckd`` command line: parses the arguments and dispatches to the package; nothing else.
 
 Bad input (a config error, a missing, corrupt or unreadable file or dataset, a run folder that
-would be overwritten) prints one line ``ckd: error: ...`` on stderr and exits with code 2,
-having written nothing. A full disk is one line and exit code 2 as well (the file being written
-is left as it was); a closed standard output (``ckd list | head``) ends quietly with 141, as
-a process killed by SIGPIPE. ``key=value`` overrides may come before or after flags.
+would be overwritten or that another process uses) prints one line ``ckd: error: ...`` on stderr
+and exits with code 2, having written nothing. A full disk is one line and exit code 2 as well
+(the file being written is left as it was); a closed standard output (``ckd list | head``) ends
+quietly with 141, as a process killed by SIGPIPE. A run that diverges (a non-finite loss,
+weight or evaluation) is one line and exit code 3. SIGINT and SIGTERM stop a run at the next
+step boundary with a resumable checkpoint: one line, exit code 130 or 143 (128 + the signal).
+``key=value`` overrides may come before or after flags.
 """
 
 from __future__ import annotations
@@ -16,8 +19,18 @@ import os
 import sys
 from pathlib import Path
 
-from ckd.errors import CheckpointError, ConfigError, DataError, RunDirError, one_line
+from ckd.errors import (
+    EXIT_DIVERGED,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    Diverged,
+    Interrupted,
+    RunDirError,
+    one_line,
+)
 from ckd.registry import UnknownNameError
+from ckd.signals import terminate_as_interrupt
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -135,7 +148,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_suite(args: argparse.Namespace) -> int:
     from ckd.bench.suite import run_suite
 
-    run_suite(args.suite, list(args.overrides))
+    run_suite(
+        args.suite,
+        list(args.overrides),
+        jobs=getattr(args, "jobs", 1),
+        threads=getattr(args, "threads", None),
+        mps=getattr(args, "mps", "auto"),
+    )
     return 0
 
 
@@ -157,6 +176,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         device=args.device,
         threads=args.threads,
+        reference=args.reference,
     )
     report = speed_command(
         spec, args.variants, not args.no_memory, args.profile, args.json, echo=_say
@@ -322,9 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         pk.add_argument("--out", default=f"{kind}.png")
     pl.set_defaults(func=_cmd_plot)
 
-    r = sub.add_parser("report", help="results.csv and report.md from finished runs")
+    r = sub.add_parser(
+        "report",
+        help="results.csv, report.md (paired differences with t intervals) and figures "
+        "from finished runs",
+    )
     r.add_argument("runs", nargs="+", help="run or suite folders")
-    r.add_argument("--out", default=None, help="also write results.csv/report.md here")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="folder for results.csv, report.md, differences.csv, bars.png, differences.png "
+        "(default: the one folder given; required with several)",
+    )
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="offline demo: Fashion-MNIST teacher, then CE / KD / CKD")
@@ -336,27 +365,61 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("suite", help="a fair multi-seed benchmark suite (SUITE.yaml)")
     s.add_argument("suite", help="a suite YAML file")
     s.add_argument("overrides", nargs="*", help="key.path=value for the suite file")
+    s.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at once per GPU (or on the CPU), each its own process; every GPU is used "
+        "(default: 1, one run after the other in this process)",
+    )
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="torch threads per run (default: torch's with --jobs 1, else the cores split "
+        "between the jobs)",
+    )
+    s.add_argument(
+        "--mps",
+        choices=["auto", "off"],
+        default="auto",
+        help="with --jobs > 1 on GPUs: CUDA MPS when the machine has it (auto), or not",
+    )
     s.set_defaults(func=_cmd_suite)
 
-    b = sub.add_parser("bench", help="speed: the input paths side by side, images/s")
+    b = sub.add_parser(
+        "bench",
+        help="speed: the input paths side by side, images/s",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     b.add_argument("what", help="'speed' (a suite file here is the earlier `ckd suite`)")
     b.add_argument("overrides", nargs="*", help=argparse.SUPPRESS)
-    b.add_argument("--teacher", default="resnet56")
-    b.add_argument("--student", default="resnet20")
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--teacher", default="resnet56", help="teacher model (random weights)")
+    b.add_argument("--student", default="resnet20", help="student model")
+    b.add_argument("--batch-size", type=int, default=64, help="images per step")
     b.add_argument("--steps", type=int, default=15, help="timed steps per variant and round")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
-    b.add_argument("--rounds", type=int, default=3)
-    b.add_argument("--classes", type=int, default=100)
+    b.add_argument("--rounds", type=int, default=3, help="rounds of all variants in turn")
+    b.add_argument("--classes", type=int, default=100, help="10 or 100 (CIFAR's formats)")
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers of path (a)")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     b.add_argument(
         "--variants",
         default=None,
-        help="PATH:METHOD,... with PATH standard|fast|fast-compiled|cache|cache-compiled and "
-        "METHOD ckd|kd|dkd|crd|vanilla (default: the paths on ckd, then fast:kd,cache:kd,"
-        "fast:vanilla)",
+        help="PATH:METHOD,... with PATH standard|fast|fast-compiled|fast-graphs|cache|"
+        "cache-compiled|cache-graphs|reference and METHOD ckd|kd|dkd|crd|vanilla (None: the "
+        "paths on ckd, then fast:kd,cache:kd,fast:vanilla; on CUDA also the -graphs paths on "
+        "ckd and kd; with --reference also reference:ckd,reference:kd first)",
+    )
+    b.add_argument(
+        "--reference",
+        default=None,
+        metavar="PATH",
+        help="a checkout of the official CKD code: its own training step is timed beside ours "
+        "(its requirements importable: yacs, tensorboardX, scipy)",
     )
     b.add_argument("--profile", action="store_true", help="also a time breakdown and profiles")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -433,12 +496,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        code = args.func(args)
+        with terminate_as_interrupt():
+            code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
     except USER_ERRORS as e:
         print(f"ckd: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"ckd: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
     except BrokenPipeError:  # the reader left (`ckd list | head`): stop quietly, as tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # as if killed by SIGPIPE
@@ -448,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (writing {e.filename})" if e.filename else ""
         print(f"ckd: error: {DISK_FULL[e.errno]}{where}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"ckd: {one_line(e)}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print(
             "ckd: interrupted; the last checkpoint is kept (continue with --resume)",

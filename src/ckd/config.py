@@ -25,13 +25,21 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from ckd.config_files import (  # noqa: F401  (re-exported: where they were before)
+    CONFIG_DIR,
+    DETECTION_DIR,
+    MAX_BASES,
+    MAX_KEY_PARTS,
+    _merge,
+    apply_overrides,
+    config_name,
+    read_yaml,
+    resolve_config_path,
+    shipped_configs,
+)
 from ckd.errors import ConfigError, show
 from ckd.methods import METHODS, MethodOptions
-from ckd.safe_yaml import describe_yaml_error, load_yaml
 from ckd.schema import build, to_dict
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-"""The configs shipped with the package (``configs/`` at the repository root links here)."""
 
 
 @dataclass
@@ -96,6 +104,12 @@ class OptimConfig:
     warmup_epochs: float = 0.0  # linear warm-up from 0, per step, over this many epochs
     warmup_iters: int = 0  # ... or this many iterations (one of the two)
     min_lr: float = 0.0  # cosine: final learning rate
+    # When the learning rate changes: every optimisation step (step), or once per epoch, held
+    # at its value for the epoch's first step (epoch: what the reference code does, whose
+    # CosineAnnealingLR steps once per epoch; the shipped reference recipes set it). The step
+    # schedule changes only at epoch boundaries either way; an iteration schedule (iters) has
+    # no epochs to hold the rate over and updates it every step.
+    lr_update: Literal["step", "epoch"] = "step"
     # Gradient accumulation: each optimisation step sums the gradients of accum_steps
     # micro-batches per process (data.batch_size, the global batch, is cut into processes x
     # accum_steps equal micro-batches), so a recipe's global batch fits on fewer GPUs.
@@ -119,7 +133,8 @@ class OptimConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on CPU
+    # auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), none elsewhere
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     out_dir: str | None = None  # default: runs/<config name>/seed<seed>
     tensorboard: bool = True
     progress: bool = True  # progress bars on a terminal; elsewhere a line every progress_seconds
@@ -130,8 +145,14 @@ class RunConfig:
     # CPU with oneDNN, see benchmarks/README.md).
     channels_last: bool | Literal["auto"] = "auto"
     # torch.compile: true = student and teacher; teacher = the frozen teacher alone (compiled for
-    # inference with freezing: BN folded into the convolutions). Costs a minute or more up front.
-    compile: bool | Literal["teacher"] = False
+    # inference with freezing: BN folded into the convolutions); reduce-overhead = both, with
+    # torch.compile's own CUDA graphs (CUDA only). Costs a minute or more up front.
+    compile: bool | Literal["teacher", "reduce-overhead"] = False
+    # The whole training step (teacher and student forward, loss, backward, SGD step) captured
+    # once as a CUDA graph and replayed (ckd.engine.graphs). true: refused in one line where it
+    # cannot work (not CUDA, torchrun, fp16, optim.accum_steps > 1, detection, a method that
+    # syncs with the host); auto: on where it can work, off elsewhere.
+    cuda_graphs: bool | Literal["auto"] = False
     # Folder of the teacher-output cache (ckd.engine.cache): the teacher's logits of every
     # (epoch, sample) of the fast loader, built on first use or by `ckd cache build`.
     teacher_cache: str | None = None
@@ -333,119 +354,6 @@ class Config(BaseConfig):
                 )
 
 
-def config_name(path: str | Path) -> str:
-    """``configs/cifar100/ckd/x.yaml`` -> ``cifar100/ckd/x``; other paths -> their stem."""
-    p = Path(path).resolve()
-    for root in (CONFIG_DIR, Path.cwd() / "configs"):
-        try:
-            return str(p.relative_to(root.resolve()).with_suffix(""))
-        except ValueError:
-            continue
-    return p.stem
-
-
-def resolve_config_path(name: str | Path) -> Path:
-    """A path to a YAML file, or a shipped config's name (``fashion_mnist/ckd``)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"config {show(str(name))} not found: not a file, nor a shipped config "
-        "(see `ckd list configs`)"
-    )
-
-
-DETECTION_DIR = "detection"
-"""The folder of ``CONFIG_DIR`` holding the detection configs (``task: detection``)."""
-
-
-def shipped_configs(task: Literal["classification", "detection"] = "classification") -> list[str]:
-    """Names of the shipped configs of one task (files whose name starts with ``_`` are bases,
-    not listed); the detection ones live under ``detection/``."""
-    files = [p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_")]
-    names = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in files)
-    detection = [n for n in names if n.split("/", 1)[0] == DETECTION_DIR]
-    return detection if task == "detection" else [n for n in names if n not in detection]
-
-
-#: Most ``_base_`` files a config may chain.
-MAX_BASES = 32
-
-
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's mapping, its ``_base_`` files merged under it (see :mod:`ckd.safe_yaml`
-    for what is refused)."""
-    if path in seen:
-        raise ConfigError(f"{path}: _base_ cycle")
-    if len(seen) >= MAX_BASES:
-        raise ConfigError(f"{path}: more than {MAX_BASES} _base_ files in a chain")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
-        ) from None
-    try:
-        data = load_yaml(text, str(path))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML{describe_yaml_error(e)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: _base_ must be a file name; got {show(base)}")
-    return _merge(read_yaml((path.parent / base).resolve(), (*seen, path)), data)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-_OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.S)
-#: Most dotted parts of an override's key (a config nests 4 or 5 deep).
-MAX_KEY_PARTS = 16
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``),
-    with the limits of :mod:`ckd.safe_yaml`; text that is not valid YAML is taken as a string."""
-    data = _merge({}, data)
-    for item in overrides:
-        m = _OVERRIDE.match(item)
-        if not m:
-            raise ConfigError(f"bad override {show(item)}; expected key.path=value")
-        keys, raw = m.group(1).split("."), m.group(2)
-        if len(keys) > MAX_KEY_PARTS:
-            raise ConfigError(
-                f"override {show(m.group(1))}: more than {MAX_KEY_PARTS} dotted parts"
-            )
-        try:
-            value = load_yaml(raw, f"override {m.group(1)}") if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
-    return data
-
-
 def method_from_dict(
     data: Any, where: str = "method", nested: bool = True, task: str = "classification"
 ) -> MethodConfig:
@@ -598,6 +506,11 @@ def validate(cfg: BaseConfig) -> None:
             r.teacher_cache is None,
             f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
         )
+    if r.cuda_graphs is True:
+        from ckd.engine.graphs import graph_obstacle
+
+        problem = graph_obstacle(cfg)
+        _require(problem is None, f"run.cuda_graphs=true: {problem}; set run.cuda_graphs=false")
     for key in ("batch_size", "test_batch_size"):
         _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {show(getattr(d, key))}")
     _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {show(d.num_workers)}")
@@ -671,10 +584,14 @@ PATH_MAX, NAME_MAX = 4095, 255
 
 
 def check_path(key: str, value: str | None) -> None:
-    """A path a config names: no NUL character, at most PATH_MAX bytes, no name over NAME_MAX
-    (checked before anything touches it, so the OS never fails on it mid-run)."""
+    """A path a config names: not empty (``''`` would be the current folder), no NUL
+    character, at most PATH_MAX bytes, no name over NAME_MAX (checked before anything touches
+    it, so the OS never fails on it mid-run)."""
     if value is None:
         return
+    _require(
+        value.strip() != "", f"{key}: an empty path (the current folder); give a path, or null"
+    )
     _require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
     size = len(value.encode("utf-8"))
     _require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")

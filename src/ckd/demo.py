@@ -14,6 +14,7 @@ from pathlib import Path
 from ckd.bench.plots import plot_curves
 from ckd.config import load_config
 from ckd.engine import Trainer
+from ckd.engine.rundir import holds_run
 
 say = functools.partial(print, flush=True)  # progress shows up in logs at once
 
@@ -43,8 +44,7 @@ def run_demo(out: Path, data_root: str | None = None, overrides: list[str] | Non
             continue
         cfg = load_config(name, extra)
         say(f"[{label}] ckd train {name} " + " ".join(extra))
-        resume = (run_dir / "last.pt").is_file()
-        results[label] = Trainer(cfg, resume=resume).fit()
+        results[label] = Trainer(cfg, resume=holds_run(run_dir)).fit()
     table = format_table(results)
     png = plot_curves(
         [out / label.lower() for label, _, _ in RUNS], out / "curves.png", [r[0] for r in RUNS]

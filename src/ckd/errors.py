@@ -27,6 +27,24 @@ class CheckpointError(ValueError):
     """A file is not a readable checkpoint, or its contents fail their checksum."""
 
 
+class Diverged(ArithmeticError):
+    """Training produced a non-finite loss, weight or evaluation (the message says where); the
+    command line exits with :data:`EXIT_DIVERGED`."""
+
+
+#: Exit code of a run stopped because it diverged (a user error is 2; a signal, 128 + its number).
+EXIT_DIVERGED = 3
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the command; ``message`` says what was kept. The command line
+    exits with ``128 + signum`` (130, 143), as a shell reports a process a signal ended."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxtuple = 3, 8, 12, 12
 _repr.maxset = _repr.maxfrozenset = _repr.maxdeque = _repr.maxarray = 12

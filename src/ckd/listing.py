@@ -2,7 +2,8 @@
 
 The zoo's parameter counts are a table (:data:`ZOO_PARAMETERS`, checked against the built
 models by the tests), so ``ckd list models`` neither builds every model nor imports torch;
-the other sections import only the registry they list.
+``ckd list configs`` reads the package's folder (:mod:`ckd.config_files`); the methods and datasets
+sections import their registries, and with them torch.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ ZOO_PARAMETERS: dict[str, int] = {
     "vgg8": 3965028,
     "wrn_16_1": 180916,
     "wrn_16_2": 703284,
+    "wrn_16_4": 2772020,
+    "wrn_28_2": 1479220,
+    "wrn_28_4": 5872180,
     "wrn_40_1": 569780,
     "wrn_40_2": 2255156,
 }
@@ -64,7 +68,7 @@ def list_lines(what: str = "all") -> list[str]:
         lines.append("datasets:")
         lines += [f"  {name}" for name in DATASETS]
     if what in ("all", "configs"):
-        from ckd.config import shipped_configs
+        from ckd.config_files import shipped_configs
 
         lines.append("configs (ckd train NAME):")
         lines += [f"  {name}" for name in shipped_configs() + shipped_configs("detection")]

@@ -10,13 +10,7 @@ from ckd.engine.metrics import read_metrics
 
 def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
     """Write :func:`curves_figure` of ``runs`` to ``out`` (PNG)."""
-    fig = curves_figure(runs, labels)  # selects matplotlib's file-only backend first
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(curves_figure(runs, labels), out)  # selects matplotlib's file-only backend
 
 
 def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
@@ -66,6 +60,20 @@ def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
     return fig
 
 
+_NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
+
+
+def _save(fig: Any, out: Path) -> Path:
+    """Write ``fig`` to ``out`` (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
@@ -95,11 +103,9 @@ def weighted(term: str, weights: dict[str, float]) -> str:
     return f"{term} x {weights[term]:g}" if term in weights else f"{term} (weighted)"
 
 
-_NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
-
-
 def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
-    """Mean ± std of the last-epoch top-1 per (label, student), one bar each."""
+    """Mean ± std of the last-epoch top-1 per config (``ckd.bench.report.aggregate``), one bar
+    each, the seeds as dots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,11 +131,40 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     ax.set_ylim(low - pad, high + pad)
     ax.set(ylabel="last-epoch test top-1 (%)", title=title or "mean ± std over seeds")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
+
+
+def plot_differences(found: list, out: Path, title: str = "") -> Path:
+    """One line per paired comparison (``ckd.bench.report.Comparison``): the mean difference
+    and its interval, a dashed line at 0; intervals that exclude 0 in colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    students = {c.group.student for c in found}
+    names = [
+        f"{c.group.label} - {c.reference.label}"
+        + ("" if len(students) == 1 else f" ({c.group.student})")
+        for c in found
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.32 * len(found)))
+    for i, c in enumerate(found):
+        d = c.diff
+        y = len(found) - 1 - i
+        color = "tab:green" if d.shown and d.lo > 0 else "tab:red" if d.shown else "tab:gray"
+        if d.n >= 2:
+            ax.plot([d.lo, d.hi], [y, y], color=color, lw=2)
+        ax.plot([d.mean], [y], "o", color=color, ms=5)
+    ax.axvline(0.0, color="black", ls="--", lw=1)
+    ax.set_yticks(range(len(found)), names[::-1], fontsize=8)
+    conf = found[0].diff.confidence if found else 0.95
+    ax.set(
+        xlabel=f"difference of last-epoch top-1 (points), paired by seed, {conf:.0%} t interval",
+        title=title or "paired differences",
+    )
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)
 
 
 def bars_command(runs: list[Path], out: Path) -> str:

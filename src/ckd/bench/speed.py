@@ -7,17 +7,24 @@ real data) with a randomly initialised teacher (speed does not depend on the wei
 - **(a) standard**: torchvision PIL transforms in DataLoader workers, fp32, contiguous layout,
   the teacher run on every step (the reference code base's pipeline);
 - **(b) fast**: ``data.loader=fast`` with the device's default precision and layout
-  (``run.amp=auto``, ``run.channels_last=auto``), the teacher under ``inference_mode``;
+  (``run.amp=auto``: bf16 on CUDA and on CPUs with native bf16; ``run.channels_last=auto``),
+  the teacher under ``inference_mode``;
 - **(c) fast + cache**: (b) with ``run.teacher_cache`` (built once before timing; its build
   time is reported apart);
 - **(b+)**, **(c+)**: (b) and (c) with ``run.compile=true`` (``torch.compile`` of the student
-  and, without a cache, of the frozen teacher for inference; compiled during the first round's
-  warm-up steps, so the compile time is not in the figures).
+  and, without a cache, of the frozen teacher for inference);
+- **(b*)**, **(c*)**: (b) and (c) with ``run.cuda_graphs=true`` (the whole step one CUDA graph;
+  CUDA only);
+- **(r)** with ``--reference PATH``: the official CKD code's own step (its ``mdistiller``
+  package at PATH, not shipped here: its CIFAR models, its distiller, its
+  ``BaseTrainer.train_iter`` and its CIFAR-100 training pipeline), same models, data and batch.
 
-The variants are timed in rounds: in each round every variant runs ``warmup`` untimed steps
-then ``steps`` timed steps of a new epoch, one variant after the other, so that a slow spell of
-a noisy machine hits all of them alike; the figures are medians over rounds, and the ratios
-medians of the per-round ratios. Peak memory is measured in a fresh process per variant.
+Compiled and graphed variants are compiled (captured) in untimed steps before the rounds; the
+seconds that took are reported apart. The variants are then timed in rounds: in each round
+every variant runs ``warmup`` untimed steps then ``steps`` timed steps of a new epoch, one
+variant after the other, so that a slow spell of a noisy machine hits all of them alike; the
+figures are medians over rounds, and the ratios medians of the per-round ratios. Peak memory is
+measured in a fresh process per variant.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import platform
 import resource
@@ -42,14 +50,19 @@ import torch
 
 from ckd.config import config_from_dict
 from ckd.data import make_fake_cifar
+from ckd.engine.graphs import WARMUP_STEPS
+from ckd.errors import ConfigError
 from ckd.models import create_model
 
 PATHS = {
+    "reference": "(r) official CKD code",
     "standard": "(a) standard",
     "fast": "(b) fast",
     "fast-compiled": "(b+) fast, compiled",
+    "fast-graphs": "(b*) fast, CUDA graph",
     "cache": "(c) fast + cache",
     "cache-compiled": "(c+) fast + cache, compiled",
+    "cache-graphs": "(c*) fast + cache, CUDA graph",
 }
 METHOD_LABELS = {"ckd": "CKD", "kd": "KD", "dkd": "DKD", "crd": "CRD", "vanilla": "CE only"}
 #: (path, method) pairs measured by default: the three paths on CKD, then KD and CE alone.
@@ -63,6 +76,17 @@ DEFAULT_VARIANTS = (
     ("cache", "kd"),
     ("fast", "vanilla"),
 )
+#: Added to the defaults on CUDA: the paths as one CUDA graph, CKD and KD.
+GRAPH_VARIANTS = (
+    ("fast-graphs", "ckd"),
+    ("cache-graphs", "ckd"),
+    ("fast-graphs", "kd"),
+    ("cache-graphs", "kd"),
+)
+#: The official code's distiller of each method (mdistiller's names); with --reference.
+REFERENCE_METHODS = {"ckd": "CKD", "kd": "KD"}
+#: Untimed steps that compile a compiled variant, or warm up and capture a graphed one.
+PRIME_STEPS = {"compiled": 2, "graphs": WARMUP_STEPS + 2}
 
 
 @dataclass
@@ -78,6 +102,7 @@ class BenchSpec:
     device: str = "auto"
     threads: int | None = None  # torch threads (None: torch's default)
     n_train: int | None = None  # default: enough for warmup + steps batches
+    reference: str | None = None  # a checkout of the official CKD code (--reference)
 
     def train_size(self) -> int:
         return self.n_train or self.batch_size * (self.warmup + self.steps)
@@ -99,6 +124,17 @@ def machine() -> dict[str, Any]:
                 break
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    from ckd.engine.runtime import BF16_FLAGS, cpu_flags, native_bf16
+
+    flags = cpu_flags()
+    shown = sorted(f for f in flags if f in {"avx2", "avx512f", *BF16_FLAGS})
+    info["cpu_flags"] = shown
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["cpu_bf16"] = (
+        ("native bf16: " if native_bf16(flags) else "no native bf16: ") + " ".join(shown)
+        if flags
+        else ""
+    )
     with contextlib.suppress(OSError):
         info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     return info
@@ -144,6 +180,7 @@ def variant_config(
             "amp": "auto" if fast else "none",
             "channels_last": "auto" if fast else False,
             "compile": path.endswith("-compiled"),
+            "cuda_graphs": path.endswith("-graphs"),
             "teacher_cache": str(folder / "cache") if path.startswith("cache") else None,
             "out_dir": str(folder / f"run-{path}-{method}"),
             "tensorboard": False,
@@ -158,6 +195,139 @@ def variant_config(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class TrainerSteps:
+    """A :class:`~ckd.engine.Trainer` as a timed variant: its loader's steps, its
+    ``train_step``."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.device = trainer.runtime.device
+        self.steps_per_epoch = trainer.task.loader.steps_per_epoch
+
+    def batches(self, epoch: int) -> Iterator[Any]:
+        self.trainer.distiller.train()
+        return iter(self.trainer.task.loader.epoch(epoch))
+
+    def step(self, batch: Any, epoch: int, i: int) -> None:
+        t = self.trainer
+        t.train_step(batch, epoch, epoch * self.steps_per_epoch + i, t.cfg.optim.lr)
+
+
+def _import_reference(path: str) -> dict[str, Any]:
+    """The pieces of the official CKD code (a checkout at ``path``, its ``mdistiller``
+    package) that its CIFAR training step is made of."""
+    root = Path(path)
+    if not (root / "mdistiller" / "__init__.py").is_file():
+        raise ConfigError(
+            f"--reference: {path} is not a checkout of the official CKD code (no "
+            "mdistiller/__init__.py in it)"
+        )
+    sys.path.insert(0, str(root.resolve()))
+    try:
+        from mdistiller.dataset.cifar100 import CIFAR100Instance, get_cifar100_train_transform
+        from mdistiller.distillers import distiller_dict
+        from mdistiller.engine.cfg import CFG
+        from mdistiller.engine.trainer import BaseTrainer
+        from mdistiller.models import cifar_model_dict
+    except ImportError as e:
+        raise ConfigError(
+            f"--reference: the official code at {path} does not import ({e}); install its "
+            "requirements (yacs, tensorboardX, scipy) where this Python finds them, e.g. "
+            "pip install --target DIR yacs tensorboardX and PYTHONPATH=DIR"
+        ) from None
+    return {
+        "dataset": CIFAR100Instance,
+        "transform": get_cifar100_train_transform,
+        "distillers": distiller_dict,
+        "cfg": CFG,
+        "trainer": BaseTrainer,
+        "models": cifar_model_dict,
+    }
+
+
+@contextlib.contextmanager
+def _cuda_calls_stay_on_cpu(device: torch.device) -> Iterator[None]:
+    """The official step moves its batch with ``.cuda()``; on the CPU that is a no-op here."""
+    if device.type == "cuda":
+        yield
+        return
+    saved = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = saved  # type: ignore[method-assign]
+
+
+class ReferenceSteps:
+    """The official CKD code's own training step as a timed variant: its CIFAR models (the
+    teacher loaded from the same checkpoint), its distiller (``CKD`` or ``KD``, its default
+    weights), its SGD and ``BaseTrainer.train_iter`` (forward, summed loss, backward, step, its
+    loss and accuracy meters), fed by its CIFAR-100 pipeline (``CIFAR100Instance``, its
+    RandomCrop + flip + Normalize transform, a shuffled DataLoader of ``num_workers``), in
+    full precision and the contiguous layout, as it runs. Wrapped in ``DataParallel`` as its
+    ``tools/train.py`` does (a pass-through on one device)."""
+
+    def __init__(self, spec: BenchSpec, method: str, data: Path, teacher: Path) -> None:
+        from torch.utils.data import DataLoader
+
+        from ckd.engine.runtime import pick_device
+
+        ref = _import_reference(spec.reference or "")
+        self.device = pick_device(spec.device)
+        models = ref["models"]
+        for name in (spec.teacher, spec.student):
+            if name not in models:
+                raise ConfigError(f"--reference: the official code has no CIFAR model {name!r}")
+        cfg = ref["cfg"].clone()
+        cfg.DISTILLER.TYPE = REFERENCE_METHODS[method]
+        cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.LR = spec.batch_size, 0.05
+        torch.manual_seed(0)
+        teacher_net = models[spec.teacher][0](num_classes=spec.num_classes)
+        teacher_net.load_state_dict(torch.load(teacher, weights_only=True)["model"])
+        student = models[spec.student][0](num_classes=spec.num_classes)
+        distiller = ref["distillers"][cfg.DISTILLER.TYPE](student, teacher_net, cfg)
+        if self.device.type == "cuda":
+            distiller = distiller.cuda()
+        self.distiller = torch.nn.DataParallel(distiller)
+        self.trainer = ref["trainer"].__new__(ref["trainer"])  # no log folders, no writer
+        self.trainer.cfg, self.trainer.distiller = cfg, self.distiller
+        self.trainer.optimizer, _ = ref["trainer"].init_optimizer(self.trainer, cfg)
+
+        base = ref["dataset"]
+
+        class Generated(base):  # the generated files have no published md5 to check
+            train_list = [[name, None] for name, _ in base.train_list]
+            test_list = [[name, None] for name, _ in base.test_list]
+            meta = {**base.meta, "md5": None}
+
+        train = Generated(root=str(data), train=True, transform=ref["transform"]())
+        self.loader = DataLoader(
+            train, batch_size=spec.batch_size, shuffle=True, num_workers=spec.num_workers
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.meters: dict[str, Any] = {}
+
+    def batches(self, epoch: int) -> Iterator[Any]:
+        from mdistiller.engine.utils import AverageMeter
+
+        self.distiller.train()
+        self.meters = {
+            k: AverageMeter() for k in ("training_time", "data_time", "losses", "top1", "top5")
+        }
+        return iter(self.loader)
+
+    def step(self, batch: Any, epoch: int, i: int) -> None:
+        with _cuda_calls_stay_on_cpu(self.device):
+            type(self.trainer).train_iter(self.trainer, batch, epoch + 1, self.meters)
+
+
+def _close(it: Iterator[Any]) -> None:
+    close = getattr(it, "close", None)
+    if close is not None:
+        close()
 
 
 class StepTimer:
@@ -232,26 +402,21 @@ class StepTimer:
         del self.trainer.distiller.forward_train
 
 
-def timed_steps(trainer: Any, epoch: int) -> Iterator[float]:
+def timed_steps(variant: Any, epoch: int) -> Iterator[float]:
     """The steps of ``epoch`` one at a time: yields the seconds each took (batch included)."""
-    iters, batches = trainer.task.loader.steps_per_epoch, trainer.task.loader.epoch(epoch)
-    trainer.distiller.train()
-    lr = trainer.cfg.optim.lr
-    it: Iterator = iter(batches)
+    it = variant.batches(epoch)
     try:
-        for i in range(iters):
+        for i in range(variant.steps_per_epoch):
             start = time.perf_counter()
-            trainer.train_step(next(it), epoch, epoch * iters + i, lr)
-            _sync(trainer.runtime.device)
+            variant.step(next(it), epoch, i)
+            _sync(variant.device)
             yield time.perf_counter() - start
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        _close(it)
 
 
 def interleaved_ratio(a: Any, b: Any, epochs: range, warmup: int, steps: int) -> float:
-    """Median over steps of (step time of ``a``) / (step time of ``b``), the two trainers
+    """Median over steps of (step time of ``a``) / (step time of ``b``), the two variants
     taking turns step by step (order alternating): a fine-grained comparison on a noisy
     machine."""
     ratios = []
@@ -272,8 +437,26 @@ def interleaved_ratio(a: Any, b: Any, epochs: range, warmup: int, steps: int) ->
     return statistics.median(ratios)
 
 
+def prime(variant: Any, epoch: int, n: int) -> float:
+    """``n`` untimed steps of ``epoch`` (passing over it again if it is shorter): compiles a
+    compiled variant, warms up and captures a graphed one. Returns the seconds."""
+    start, done = time.perf_counter(), 0
+    while done < n:
+        it = variant.batches(epoch)
+        try:
+            for i, batch in enumerate(it):
+                variant.step(batch, epoch, i)
+                done += 1
+                if done == n:
+                    break
+        finally:
+            _close(it)
+    _sync(variant.device)
+    return time.perf_counter() - start
+
+
 def run_steps(
-    trainer: Any,
+    variant: Any,
     epoch: int,
     warmup: int,
     steps: int,
@@ -282,38 +465,53 @@ def run_steps(
 ) -> float:
     """Run ``warmup`` then ``steps`` training steps of ``epoch``; seconds the timed ones took.
     ``before_close`` is called after the steps, while the epoch's loader is still open."""
-    iters, batches = trainer.task.loader.steps_per_epoch, trainer.task.loader.epoch(epoch)
+    iters = variant.steps_per_epoch
     if warmup + steps > iters:
         raise ValueError(f"{warmup} + {steps} steps asked, the epoch has {iters}")
-    trainer.distiller.train()
-    lr = trainer.cfg.optim.lr
-    it: Iterator = iter(batches)
+    it = variant.batches(epoch)
     try:
         for i in range(warmup):
-            trainer.train_step(next(it), epoch, epoch * iters + i, lr)
-        _sync(trainer.runtime.device)
+            variant.step(next(it), epoch, i)
+        _sync(variant.device)
         start = time.perf_counter()
         for i in range(warmup, warmup + steps):
             if timer is None:
-                trainer.train_step(next(it), epoch, epoch * iters + i, lr)
+                variant.step(next(it), epoch, i)
                 continue
             t0 = timer.now()
             batch = next(it)
             t1 = timer.now()
             before = timer.inner()
-            trainer.train_step(batch, epoch, epoch * iters + i, lr)
+            variant.step(batch, epoch, i)
             step = timer.now() - t1
             timer.totals["input"] += t1 - t0
             timer.totals["backward + optimizer"] += step - (timer.inner() - before)
-        _sync(trainer.runtime.device)
+        _sync(variant.device)
         elapsed = time.perf_counter() - start
         if before_close is not None:
             before_close()
         return elapsed
     finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
+        _close(it)
+
+
+def train_epoch(trainer: Any, epoch: int) -> float:
+    """Seconds of one training epoch as ``Trainer.fit`` runs it (each step's
+    ``train_step``, the task's statistics and the loss terms summed on the device; no
+    evaluation, no checkpoint), the device synchronised at the end."""
+    from ckd.engine.trainer import Window
+
+    window, spe = Window(), trainer.steps_per_epoch
+    trainer.distiller.train()
+    _sync(trainer.runtime.device)
+    start = time.perf_counter()
+    for i, micro_batches in enumerate(trainer.task.loader.epoch(epoch)):
+        step = epoch * spe + i
+        done = trainer.train_step(micro_batches, epoch, step, trainer.schedule(step))
+        for mb, (logits, terms) in zip(micro_batches, done, strict=True):
+            window.add(terms, trainer.task.train_stats(logits, mb.targets), len(mb.index))
+    _sync(trainer.runtime.device)
+    return time.perf_counter() - start
 
 
 def _quiet(_msg: str) -> None:
@@ -375,7 +573,7 @@ def _peak_memory_child(args: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(trainer.runtime.device)
     workers: list[float] = []
     run_steps(
-        trainer,
+        TrainerSteps(trainer),
         0,
         args["warmup"],
         args["steps"],
@@ -412,9 +610,9 @@ def profile_table(trainer: Any, epoch: int, warmup: int, steps: int, rows: int =
     activities = [ProfilerActivity.CPU]
     if trainer.runtime.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    run_steps(trainer, epoch, warmup, 1)
+    run_steps(TrainerSteps(trainer), epoch, warmup, 1)
     with profile(activities=activities) as prof:
-        run_steps(trainer, epoch, 0, steps)
+        run_steps(TrainerSteps(trainer), epoch, 0, steps)
     key = "self_cuda_time_total" if trainer.runtime.device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
@@ -438,53 +636,58 @@ def bench_speed(
         data, teacher = prepare(folder, spec)
         epochs = spec.rounds + 1
         configs = {
-            v: variant_config(spec, folder, data, teacher, *v, epochs=epochs) for v in variants
+            v: variant_config(spec, folder, data, teacher, *v, epochs=epochs)
+            for v in variants
+            if v[0] != "reference"
         }
-        trainers: dict[tuple[str, str], Any] = {}
-        for v, cfg in configs.items():
+        steppers: dict[tuple[str, str], Any] = {}
+        for v in variants:
             start = time.perf_counter()
-            trainers[v] = Trainer(config_from_dict(cfg), echo=_quiet)
+            if v[0] == "reference":
+                steppers[v] = ReferenceSteps(spec, v[1], data, teacher)
+                continue
+            steppers[v] = TrainerSteps(Trainer(config_from_dict(configs[v]), echo=_quiet))
             if v[0].startswith("cache") and "cache_build_s" not in result:
                 result["cache_build_s"] = time.perf_counter() - start
                 size = sum(f.stat().st_size for f in (folder / "cache").iterdir())
                 result["cache_mib"] = size / 2**20
                 result["cache_epochs"] = epochs
-        first = next(iter(trainers.values()))
-        result["device"] = str(first.runtime.device)
-        result["settings"] = {
-            f"{p}/{m}": {
-                "amp": str(t.runtime.amp).replace("torch.", "") if t.runtime.amp else "fp32",
-                "channels_last": t.runtime.channels_last,
-                "compile": t.cfg.run.compile,
-            }
-            for (p, m), t in trainers.items()
-        }
+        result["device"] = str(next(iter(steppers.values())).device)
+        result["settings"] = {f"{p}/{m}": _settings(st) for (p, m), st in steppers.items()}
+        result["prime_s"] = {}
+        for v, st in steppers.items():
+            kind = v[0].rsplit("-", 1)[-1]
+            if kind in PRIME_STEPS:  # compile / capture before the rounds, untimed
+                result["prime_s"][f"{v[0]}/{v[1]}"] = prime(st, spec.rounds, PRIME_STEPS[kind])
         seconds: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
         for r in range(spec.rounds):
-            for v, trainer in trainers.items():
-                seconds[v].append(run_steps(trainer, r, spec.warmup, spec.steps))
+            for v, st in steppers.items():
+                seconds[v].append(run_steps(st, r, spec.warmup, spec.steps))
                 echo(
-                    f"round {r + 1}/{spec.rounds}  {PATHS[v[0]]:<17} {METHOD_LABELS[v[1]]:<8}"
+                    f"round {r + 1}/{spec.rounds}  {PATHS[v[0]]:<28} {METHOD_LABELS[v[1]]:<8}"
                     f"{spec.batch_size * spec.steps / seconds[v][-1]:8.1f} images/s"
                 )
         images = spec.batch_size * spec.steps
         rows = []
         base = ("standard", "ckd") if ("standard", "ckd") in seconds else variants[0]
+        ref = ("reference", "ckd") if ("reference", "ckd") in seconds else None
         for v in variants:
             ips = [images / s for s in seconds[v]]
-            ratio = [b / s for b, s in zip(seconds[base], seconds[v], strict=True)]
-            rows.append(
-                {
-                    "path": v[0],
-                    "method": v[1],
-                    "images_per_s": statistics.median(ips),
-                    "images_per_s_rounds": ips,
-                    "ms_per_step": 1000 * statistics.median(seconds[v]) / spec.steps,
-                    "vs_a": statistics.median(ratio),
-                }
-            )
+            row = {
+                "path": v[0],
+                "method": v[1],
+                "images_per_s": statistics.median(ips),
+                "images_per_s_rounds": ips,
+                "ms_per_step": 1000 * statistics.median(seconds[v]) / spec.steps,
+                "vs_a": _median_ratio(seconds[base], seconds[v]),
+            }
+            if ref is not None:
+                row["vs_reference"] = _median_ratio(seconds[ref], seconds[v])
+            rows.append(row)
         result["rows"] = rows
         result["ckd_vs_kd"] = {}
+        # the interleaved comparison takes one untimed step, then the rest of warm-up + steps
+        paired = spec.steps + spec.warmup - 1
         for path in PATHS:
             if (path, "ckd") in seconds and (path, "kd") in seconds:
                 per_round = [
@@ -492,13 +695,15 @@ def bench_speed(
                     for c, k in zip(seconds[(path, "ckd")], seconds[(path, "kd")], strict=True)
                 ]
                 result["ckd_vs_kd"][path] = statistics.median(per_round)
+                if paired < 1:
+                    continue
                 result.setdefault("ckd_vs_kd_interleaved", {})[path] = (
                     interleaved_ratio(
-                        trainers[(path, "ckd")],
-                        trainers[(path, "kd")],
+                        steppers[(path, "ckd")],
+                        steppers[(path, "kd")],
                         range(spec.rounds),
                         1,
-                        spec.steps + spec.warmup - 1,
+                        paired,
                     )
                     - 1
                 )
@@ -506,23 +711,26 @@ def bench_speed(
         if profile:
             result["breakdown"] = {}
             result["profiles"] = {}
-            for v in [v for v in variants if v[1] == "ckd" and not v[0].endswith("compiled")]:
-                timer = StepTimer(trainers[v])
+            for v in [
+                v for v in variants if v[1] == "ckd" and v[0] in ("standard", "fast", "cache")
+            ]:
+                trainer = steppers[v].trainer
+                timer = StepTimer(trainer)
                 try:
-                    run_steps(trainers[v], spec.rounds, spec.warmup, spec.steps, timer)
+                    run_steps(steppers[v], spec.rounds, spec.warmup, spec.steps, timer)
                 finally:
                     timer.close()
                 result["breakdown"][v[0]] = {
                     k: 1000 * t / spec.steps for k, t in timer.totals.items()
                 }
                 result["profiles"][v[0]] = profile_table(
-                    trainers[v], spec.rounds, spec.warmup, min(5, spec.steps)
+                    trainer, spec.rounds, spec.warmup, min(5, spec.steps)
                 )
-        del trainers
+        del steppers
         if memory:
             for row in rows:
-                if row["path"].endswith("compiled"):  # compiling again per process: skipped
-                    continue
+                if row["path"] not in ("standard", "fast", "cache"):  # compiled, graphed: the
+                    continue  # child would compile / capture again; the reference: not ours
                 cfg = configs[(row["path"], row["method"])]
                 cfg = {**cfg, "run": {**cfg["run"], "out_dir": str(folder / "mem")}}
                 row["memory"] = peak_memory(cfg, spec.warmup, min(5, spec.steps), spec.threads)
@@ -530,21 +738,41 @@ def bench_speed(
     return result
 
 
+def _median_ratio(base: list[float], other: list[float]) -> float:
+    """The median over rounds of ``base`` seconds / ``other`` seconds (a speed-up)."""
+    return statistics.median(b / s for b, s in zip(base, other, strict=True))
+
+
+def _settings(stepper: Any) -> dict[str, Any]:
+    if isinstance(stepper, ReferenceSteps):
+        return {"amp": "fp32", "channels_last": False, "compile": False, "graphs": False}
+    rt = stepper.trainer.runtime
+    return {
+        "amp": str(rt.amp).replace("torch.", "") if rt.amp else "fp32",
+        "channels_last": rt.channels_last,
+        "compile": rt.compile,
+        "graphs": rt.cuda_graphs,
+    }
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The figures as Markdown tables."""
     spec, m = result["spec"], result["machine"]
+    has_ref = any("vs_reference" in row for row in result["rows"])
     lines = [
         f"ckd bench speed: {spec['teacher']} -> {spec['student']}, batch {spec['batch_size']}, "
         f"32x32 images, {spec['num_classes']} classes; {spec['rounds']} rounds x "
         f"{spec['steps']} timed steps (+{spec['warmup']} warm-up) per variant; "
         f"device {result['device']}",
-        f"machine: {m.get('gpu') or m['cpu']}, {m['nproc']} CPUs, torch {m['torch']} "
+        f"machine: {m.get('gpu') or m['cpu']}, {m['nproc']} CPUs"
+        f"{' (' + m['cpu_bf16'] + ')' if m.get('cpu_bf16') else ''}, torch {m['torch']} "
         f"({m['torch_threads']} threads); load average {m.get('loadavg')} before, "
         f"{m.get('loadavg_after')} after",
         "",
-        "| path | method | images/s (median) | per round | ms/step | vs (a) | peak memory MiB "
-        "(main RSS, its growth / workers) |",
-        "|---|---|---|---|---|---|---|",
+        "| path | method | images/s (median) | per round | ms/step | vs (a) |"
+        + (" vs (r) |" if has_ref else "")
+        + " peak memory MiB (main RSS, its growth / workers) |",
+        "|---|---|---|---|---|---|" + ("---|" if has_ref else "") + "---|",
     ]
     for row in result["rows"]:
         mem = row.get("memory") or {}
@@ -557,13 +785,19 @@ def format_report(result: dict[str, Any]) -> str:
         else:
             memory = mem.get("error", "-")
         rounds = ", ".join(f"{x:.0f}" for x in row["images_per_s_rounds"])
+        vs_ref = f" {row['vs_reference']:.2f}x |" if has_ref else ""
         lines.append(
             f"| {PATHS[row['path']]} | {METHOD_LABELS[row['method']]} | "
             f"{row['images_per_s']:.1f} | {rounds} | {row['ms_per_step']:.0f} | "
-            f"{row['vs_a']:.2f}x | {memory} |"
+            f"{row['vs_a']:.2f}x |{vs_ref} {memory} |"
         )
     s = result["settings"]
     lines += ["", "settings: " + "; ".join(f"{k}: {_setting(v)}" for k, v in s.items())]
+    if result.get("prime_s"):
+        lines.append(
+            "compiled / captured before timing, untimed: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in result["prime_s"].items())
+        )
     if "cache_build_s" in result:
         lines.append(
             f"teacher cache: built in {result['cache_build_s']:.1f} s "
@@ -572,10 +806,15 @@ def format_report(result: dict[str, Any]) -> str:
         )
     inter = result.get("ckd_vs_kd_interleaved", {})
     for path, rel in result.get("ckd_vs_kd", {}).items():
+        steps = spec["rounds"] * (spec["steps"] + spec["warmup"] - 1)
+        fine = (
+            f"{100 * inter[path]:+.1f}% (median of {steps} interleaved steps)"
+            if path in inter
+            else "no interleaved steps (needs --steps + --warmup >= 2)"
+        )
         lines.append(
             f"CKD step vs KD step, {PATHS[path]}: {100 * rel:+.1f}% time per step "
-            f"(median of rounds); {100 * inter[path]:+.1f}% (median of "
-            f"{spec['rounds'] * (spec['steps'] + spec['warmup'] - 1)} interleaved steps)"
+            f"(median of rounds); {fine}"
         )
     lu = result.get("loss_us")
     if lu:
@@ -606,7 +845,7 @@ def speed_command(
     echo: Callable[[str], None] = print,
 ) -> str:
     """``ckd bench speed``: check the arguments, run, and return the report."""
-    from ckd.errors import ConfigError
+    from ckd.engine.runtime import pick_device
     from ckd.methods import METHODS
     from ckd.models import MODELS
 
@@ -617,19 +856,48 @@ def speed_command(
         if value is not None and value < least:
             flag = {"num_workers": "workers"}.get(key, key).replace("_", "-")
             raise ConfigError(f"--{flag} must be >= {least}; got {value}")
-    chosen = DEFAULT_VARIANTS
+    if spec.num_classes not in (10, 100):
+        raise ConfigError(
+            f"--classes must be 10 or 100 (the data are generated in CIFAR-10's or CIFAR-100's "
+            f"format); got {spec.num_classes}"
+        )
+    device = pick_device(spec.device)
+    chosen = DEFAULT_VARIANTS + (GRAPH_VARIANTS if device.type == "cuda" else ())
+    if spec.reference:
+        chosen = (("reference", "ckd"), ("reference", "kd"), *chosen)
     if variants:
         chosen = tuple(tuple(v.split(":", 1)) for v in variants.split(","))  # type: ignore[misc]
-        for v in chosen:
-            if len(v) != 2 or v[0] not in PATHS or v[1] not in METHOD_LABELS:
+    for v in chosen:
+        if len(v) != 2 or v[0] not in PATHS or v[1] not in METHOD_LABELS:
+            raise ConfigError(
+                f"--variants: {':'.join(v)!r} is not PATH:METHOD with PATH one of "
+                f"{', '.join(PATHS)} and METHOD one of {', '.join(METHOD_LABELS)}"
+            )
+        METHODS.get(v[1])
+        if v[0].startswith("cache") and v[1] == "vanilla":
+            raise ConfigError(f"--variants: {':'.join(v)} has no teacher to cache")
+        if v[0].endswith("-graphs") and device.type != "cuda":
+            raise ConfigError(
+                f"--variants: {':'.join(v)} (the step as a CUDA graph) needs a CUDA device; "
+                f"this benchmark runs on {device.type}"
+            )
+        if v[0] == "reference":
+            if not spec.reference:
                 raise ConfigError(
-                    f"--variants: {':'.join(v)!r} is not PATH:METHOD with PATH one of "
-                    f"{', '.join(PATHS)} and METHOD one of {', '.join(METHOD_LABELS)}"
+                    f"--variants: {':'.join(v)} needs --reference PATH (a checkout of the "
+                    "official CKD code)"
                 )
-            METHODS.get(v[1])
-            if v[0].startswith("cache") and v[1] == "vanilla":
-                raise ConfigError(f"--variants: {':'.join(v)} has no teacher to cache")
-    result = bench_speed(spec, chosen, memory=memory, profile=profile, echo=echo)
+            if v[1] not in REFERENCE_METHODS:
+                raise ConfigError(
+                    f"--variants: {':'.join(v)}: the reference step is timed for "
+                    f"{', '.join(REFERENCE_METHODS)}"
+                )
+            if spec.num_classes != 100:
+                raise ConfigError("--reference: its CIFAR pipeline reads CIFAR-100 (--classes 100)")
+    if spec.reference:
+        _import_reference(spec.reference)  # a bad checkout: one line before any work
+    with _quiet_cpp_extension():
+        result = bench_speed(spec, chosen, memory=memory, profile=profile, echo=echo)
     report = format_report(result)
     if profile:
         for path, table in result.get("profiles", {}).items():
@@ -642,13 +910,30 @@ def speed_command(
     return report
 
 
+@contextlib.contextmanager
+def _quiet_cpp_extension() -> Iterator[None]:
+    """torch's extension builder, imported when something is compiled, logs "No CUDA runtime is
+    found" on a machine with a CUDA toolkit and no GPU: expected there, and not a figure."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    if not torch.cuda.is_available():
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _n(spec: dict[str, Any]) -> int:
     return spec["batch_size"] * (spec["warmup"] + spec["steps"])
 
 
 def _setting(v: dict[str, Any]) -> str:
     compiled = {True: ", compiled", "teacher": ", teacher compiled"}.get(v["compile"], "")
-    return f"{v['amp']}, {'channels_last' if v['channels_last'] else 'contiguous'}{compiled}"
+    graphs = ", one CUDA graph" if v.get("graphs") else ""
+    return (
+        f"{v['amp']}, {'channels_last' if v['channels_last'] else 'contiguous'}{compiled}{graphs}"
+    )
 
 
 if __name__ == "__main__":  # the peak-memory child process

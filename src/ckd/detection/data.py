@@ -85,6 +85,7 @@ class CocoDetection(Dataset):
         ids = sorted(self.coco.getImgIds())
         if train:  # torchvision references: skip images without a usable annotation
             ids = [i for i in ids if any(self._anns(i))]
+        self.available = len(ids)  # before the subset
         self.ids = ids[:subset] if subset is not None else ids
         self.train, self.masks, self.flip, self.seed = train, masks, flip, seed
         self.epoch = 0

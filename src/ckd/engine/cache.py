@@ -28,7 +28,8 @@ tolerance); a difference is refused as well.
 
 A cache is built by ``ckd cache build CONFIG [overrides]`` or, for logits only, by the first
 run that names it in ``run.teacher_cache``. It is written into a temporary folder and renamed
-into place when complete, so an interrupted build leaves nothing that could be read back.
+into place when complete, so an interrupted build leaves nothing that could be read back; the
+partial builds of killed processes are removed by the next run or build of that cache.
 ``ckd cache build --force`` replaces a folder only when it holds nothing but a cache's files
 (:func:`cache_folder_problem`).
 """
@@ -42,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,7 +53,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import ckd.faults as faults
 from ckd.data.fast import GENERATOR, AugParams, MemoryData, augment_batch, draw_augmentation
+from ckd.engine.lock import pid_alive
 from ckd.errors import ConfigError, show
 from ckd.integrity import block_sha256
 from ckd.methods.base import Outputs, run_network
@@ -334,6 +338,36 @@ def remove_cache(folder: str | Path) -> None:
     folder.rmdir()
 
 
+#: A build's temporary folder beside the cache: ``.NAME.building-HOST-PID`` (older releases:
+#: ``.NAME.building-PID``), renamed to ``NAME`` when complete.
+BUILDING = re.compile(r"\.(?P<name>.+)\.building-(?:(?P<host>.+)-)?(?P<pid>\d+)")
+
+
+def building_folder(folder: Path) -> Path:
+    """This process's temporary folder for building the cache ``folder``."""
+    return folder.parent / f".{folder.name}.building-{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_stale_builds(folder: str | Path) -> list[Path]:
+    """Delete the partial builds of cache ``folder`` left by processes of this host that are
+    gone (killed mid-build); each only if it holds nothing but a cache's files. Returns them."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return []
+    removed = []
+    for entry in folder.parent.iterdir():
+        m = BUILDING.fullmatch(entry.name)
+        if not m or m["name"] != folder.name or m["host"] not in (None, socket.gethostname()):
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid() or pid_alive(pid) or cache_folder_problem(entry) is not None:
+            continue
+        with contextlib.suppress(OSError):  # another process may be removing it too
+            remove_cache(entry)
+            removed.append(entry)
+    return removed
+
+
 def cache_bytes(n: int, epochs: int, outputs: Outputs, features: bool) -> int:
     per_view = outputs.logits.shape[1]
     if features:
@@ -369,8 +403,9 @@ def build_cache(
             f"run.teacher_cache: {folder} needs {need / 2**30:.2f} GiB, "
             f"{free / 2**30:.2f} GiB free there"
         )
-    tmp = folder.parent / f".{folder.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = building_folder(folder)
+    if tmp.exists() and cache_folder_problem(tmp) is None:  # an earlier process of our pid
+        remove_cache(tmp)
     tmp.mkdir()
     start = time.perf_counter()
     checksums: dict[str, list[str]] = {}  # array -> sha256 of each epoch's block
@@ -403,6 +438,7 @@ def build_cache(
             for name, array in arrays.items():
                 checksums.setdefault(name, []).append(block_sha256(array[epoch]))
             echo(f"teacher cache: epoch {epoch + 1}/{epochs} ({time.perf_counter() - start:.0f} s)")
+            faults.point("inside:cache-build")
         for array in arrays.values():
             array.flush()
         del arrays

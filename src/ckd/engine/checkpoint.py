@@ -1,10 +1,12 @@
 """Checkpoints: written atomically, read with ``weights_only=True``.
 
-A checkpoint is a dict of tensors and plain Python values::
+A training checkpoint is a dict of tensors and plain Python values::
 
-    {"format": "ckd/1", "model": student state dict, "method": method-module state dict,
-     "optimizer": ..., "epoch": completed epochs, "best_top1": ..., "best_epoch": ...,
-     "config": the run's config as a mapping, "rng": RNG states, "scaler": grad-scaler state}
+    {"format": "ckd/1", "task": ..., "model": student state dict, "method": method-module
+     state dict, "optimizer": ..., "scaler": grad-scaler state, "step": steps done,
+     "epoch": completed epochs, "best": best score, "best_step": its step, "teacher": the
+     teacher's metrics, "seconds": training time of every process so far, "window": the loss
+     sums since the last metrics row, "config": the run's config as a mapping, "rng": RNG states}
 
 ``save_atomic`` adds ``"payload_sha256"``, a checksum of everything else, which
 ``load_checkpoint`` verifies (files without it, older ones or foreign teachers, load as they are).
@@ -15,14 +17,17 @@ exactly like the reference code base's teacher files (``{"model": state_dict}``)
 
 from __future__ import annotations
 
+import io
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+import ckd.faults as faults
 from ckd.errors import CheckpointError
 from ckd.integrity import CHECKSUM_KEY, payload_sha256
 from ckd.models.weights import read_checkpoint
@@ -30,28 +35,67 @@ from ckd.models.weights import read_checkpoint
 FORMAT = "ckd/1"
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``:
-    a reader never sees a truncated file and a crash leaves the previous file intact. A dict
-    gets the checksum of its payload (``payload_sha256``), which :func:`load_checkpoint`
-    verifies. A full disk is an ``OSError`` naming ``path``."""
-    path = Path(path)
+def serialize(obj: Any) -> bytes:
+    """``obj`` as ``torch.save`` writes it; a dict gets the checksum of its payload
+    (``payload_sha256``), which :func:`load_checkpoint` verifies."""
     if isinstance(obj, dict):
         body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
         obj = {**body, CHECKSUM_KEY: payload_sha256(body)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """:func:`serialize` ``obj`` and :func:`write_atomic` it to ``path``."""
+    write_atomic(path, lambda: serialize(obj))
+
+
+def write_atomic(path: str | Path, data: bytes | Callable[[], bytes]) -> None:
+    """Write ``data`` (or what it returns) to a temporary file in the same folder, fsync, rename
+    it over ``path`` and fsync the folder: a reader never sees a truncated file, and a crash
+    (or a power cut) leaves the previous file or the new one, whole. A full disk is an
+    ``OSError`` naming ``path``. The temporary, ``.NAME.PID.tmp``, is removed on any error;
+    one left by a killed process is removed by the next run in the folder
+    (:func:`ckd.engine.rundir.RunFolder`)."""
+    path = Path(path)
+    faults.point(f"before:{path.name}")
+    tmp = temp_name(path)
     try:
+        content = data() if callable(data) else data
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        faults.point(f"inside:{path.name}")
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except OSError as e:  # e.g. a full disk: say which file could not be written
         if e.errno is None or e.filename is not None:
             raise
         raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+    faults.point(f"after:{path.name}")
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary file of :func:`write_atomic` for ``path`` (this process's)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class MicroBatch(NamedTuple):
 class TrainLoader(Protocol):
     steps_per_epoch: int  # optimisation steps (global batches) per epoch
     num_samples: int  # training samples
+    resumes_anywhere: bool  # a checkpoint mid-epoch resumes exactly (else: epoch ends only)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[MicroBatch]]:
         """The steps of ``epoch`` from step ``start`` on, each this process's micro-batches."""
@@ -102,6 +103,10 @@ class StandardLoader:
         self.prepare, self.ctx, self.accum_steps = prepare, ctx, accum_steps
         self.collate, self.pin_memory = collate, pin_memory
         self.steps_per_epoch, self.drop_last = _steps(self.num_samples, batch_size)
+        # whether a run resumed mid-epoch sees exactly what an uninterrupted one would: the
+        # main process's RNG is in the checkpoint, but workers' RNG states are not (a dataset
+        # with set_epoch draws from (seed, epoch, index) instead)
+        self.resumes_anywhere = num_workers == 0 or hasattr(dataset, "set_epoch")
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[MicroBatch]]:
         set_epoch = getattr(self.dataset.dataset, "set_epoch", None)
@@ -131,6 +136,8 @@ class StandardLoader:
 class MemoryLoader:
     """The training split held in memory, augmented on the device: the order from
     ``(seed, epoch)``, each sample's augmentation from ``(aug_seed, epoch, sample)``."""
+
+    resumes_anywhere = True  # nothing random lives outside the checkpoint
 
     def __init__(
         self,

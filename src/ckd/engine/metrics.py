@@ -1,39 +1,58 @@
-"""Per-epoch metrics: a JSONL file (one object per epoch) and, optionally, TensorBoard."""
+"""Metrics rows: a JSONL file (one object per row) and, optionally, TensorBoard.
+
+A row is appended (and, before a checkpoint, fsynced) before the checkpoint of its step is
+written, so every step a checkpoint has reached has its row. On resume, rows past the
+checkpoint (an interrupted process's) are dropped by an atomic rewrite, and a torn last line
+(a power cut in the middle of an append) is dropped with them; :func:`read_metrics` skips such
+a line too.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import ckd.faults as faults
+from ckd.engine.checkpoint import write_atomic
+from ckd.errors import DataError
+
 
 class MetricsLog:
-    """Appends one JSON object per epoch to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per row to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    On resume, rows of epochs after the resumed one (written by the interrupted run after its
-    last checkpoint) are dropped so the file reads as one uninterrupted run. ``step_key`` names
-    the row's position (``epoch``; ``iter`` for iteration-based runs such as detection). A log
-    that is not ``enabled`` (ranks other than 0) writes nothing.
+    ``resume_step``: the step a resumed run continues from; rows of later steps are dropped so
+    the file reads as one uninterrupted run. A row's step is its ``step`` (``iter`` for
+    iteration schedules; ``step_key`` x ``unit`` steps for rows of earlier releases).
+    ``step_key`` names the row's position for TensorBoard (``epoch``; ``iter`` for iteration
+    schedules such as detection). A log that is not ``enabled`` (ranks other than 0) writes
+    nothing (it reads the kept rows, as rank 0 does).
     """
 
     def __init__(
         self,
         out_dir: Path,
         tensorboard: bool,
-        resume_epoch: int | None = None,
+        resume_step: int | None = None,
         enabled: bool = True,
         step_key: str = "epoch",
+        unit: int = 1,
     ) -> None:
         self.path = out_dir / "metrics.jsonl"
-        self.enabled, self.step_key = enabled, step_key
+        self.enabled, self.step_key, self.unit = enabled, step_key, unit
+        self.rows: list[dict[str, Any]] = []  # the rows kept on resume
         self.writer = None
+        if resume_step is not None and self.path.exists():  # every rank reads (row_at)
+            rows, torn = _read(self.path)
+            self.rows = [r for r in rows if self.step_of(r) <= resume_step]
+            if enabled and (torn or len(self.rows) < len(rows)):
+                text = "".join(json.dumps(r) + "\n" for r in self.rows)
+                write_atomic(self.path, text.encode())
         if not enabled:
             return
-        if resume_epoch is not None and self.path.exists():
-            rows = [r for r in read_metrics(self.path) if r.get(step_key, 0) <= resume_epoch]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -44,11 +63,35 @@ class MetricsLog:
                     "tensorboard is not installed; logging to metrics.jsonl only", stacklevel=2
                 )
 
-    def log(self, row: dict[str, Any]) -> None:
+    def step_of(self, row: dict[str, Any]) -> float:
+        """The optimisation step a row was written at."""
+        if "step" in row:
+            return row["step"]
+        if "iter" in row:
+            return row["iter"]
+        return row.get(self.step_key, 0) * self.unit
+
+    def row_at(self, step: int) -> dict[str, Any] | None:
+        """The kept row of ``step`` (after a resume), if any."""
+        return next((r for r in reversed(self.rows) if self.step_of(r) == step), None)
+
+    def log(self, row: dict[str, Any], sync: bool = False) -> None:
+        """Append ``row`` (``sync``: on disk before this returns, e.g. before a checkpoint)."""
         if not self.enabled:
             return
+        faults.point("before:row")
+        line = json.dumps(row) + "\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            if faults.due("torn:row"):  # half a row on disk, then the power cut
+                f.write(line[: len(line) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+                faults.strike()
+            f.write(line)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        faults.point("after:row")
         if self.writer is not None:
             step = row[self.step_key]
             for key, value in row.items():
@@ -61,9 +104,36 @@ class MetricsLog:
             self.writer.close()
 
 
+def _read(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of a ``metrics.jsonl`` file and whether its last line was torn (not a whole
+    JSON object: dropped). A damaged line before the last is a DataError."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    lines = text.split("\n")
+    rows, torn = [], not text.endswith("\n") and text != ""
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            if number == last:  # a torn append
+                torn = True
+                continue
+            raise DataError(f"{path}: line {number} is not a metrics row (damaged?)")
+        rows.append(row)
+    return rows, torn
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` file (a run folder is accepted too)."""
+    """The rows of a ``metrics.jsonl`` file (a run folder is accepted too); a torn last line
+    is left out."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _read(path)[0]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,13 +40,73 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: /proc/cpuinfo flags of x86 instructions that compute in bf16 natively: AVX512-BF16 (Intel
+#: Cooper Lake and later, AMD Zen 4 and later) and AMX-BF16 (Intel Sapphire Rapids and later).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (the ``flags`` line of
+    ``/proc/cpuinfo``, or of ``cpuinfo`` when given); empty where there is no such file."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_flags() -> frozenset[str]:
+    return cpu_flags()
+
+
+def native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16, :data:`BF16_FLAGS`),
+    read from ``flags``, else from the environment variable ``CKD_CPU_BF16`` (``1`` or ``0``)
+    when it is set, else from this machine's ``/proc/cpuinfo``. Without those instructions
+    (AVX2-only CPUs) oneDNN emulates bf16 and autocast is many times slower than fp32; without
+    ``/proc/cpuinfo`` (not Linux) the answer is no."""
+    if flags is None:
+        forced = os.environ.get("CKD_CPU_BF16", "").strip()
+        if forced in ("0", "1"):
+            return forced == "1"
+        flags = _machine_flags()
+    return bool(BF16_FLAGS & frozenset(flags))
+
+
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``run.amp`` on ``device`` (None: full precision)."""
+    """The autocast dtype for ``run.amp`` on ``device`` (None: full precision). ``auto``:
+    bf16 on CUDA devices that support it and on CPUs with native bf16 (:func:`native_bf16`),
+    full precision elsewhere."""
     if mode == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
+        if device.type == "cpu" and native_bf16():
+            return torch.bfloat16
         return None
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def cuda_graphs_enabled(
+    setting: bool | str, device: torch.device, distributed: bool, obstacle: str | None
+) -> bool:
+    """``run.cuda_graphs`` for this run: ``auto`` is on where the step can be captured
+    (``obstacle`` is None: see :func:`ckd.engine.graphs.graph_obstacle`, a CUDA device, one
+    process), ``true`` is on there and a ConfigError elsewhere."""
+    if device.type != "cuda":
+        obstacle = f"it needs a CUDA device; this run is on {device.type}"
+    elif distributed:
+        obstacle = "several processes (torchrun) are not graphed; run one process per run"
+    if obstacle is None:
+        return setting is not False
+    if setting is True:
+        raise ConfigError(f"run.cuda_graphs=true: {obstacle}; set run.cuda_graphs=false")
+    return False
 
 
 def channels_last_enabled(setting: bool | str, device: torch.device) -> bool:
@@ -61,13 +123,17 @@ class Runtime:
     device: torch.device
     amp: torch.dtype | None  # autocast dtype (None: full precision)
     channels_last: bool
-    compile: bool | str  # run.compile: False, True, "teacher"
+    compile: bool | str  # run.compile: False, True, "teacher", "reduce-overhead"
     sync_bn: bool = False
+    cuda_graphs: bool = False  # the training step captured as a CUDA graph (engine/graphs.py)
 
     @classmethod
-    def start(cls, run: Any, batch_size: int, accum_steps: int) -> Runtime:
-        """Join the process group when ``torchrun`` started this process, and pick the device
-        and precision for the ``run`` section."""
+    def start(
+        cls, run: Any, batch_size: int, accum_steps: int, graph_obstacle: str | None = None
+    ) -> Runtime:
+        """Join the process group when ``torchrun`` started this process, and pick the device,
+        precision and graphs for the ``run`` section (``graph_obstacle``: why the config's
+        step cannot be a CUDA graph on any machine, None when it can)."""
         ctx, device_name = init_distributed(run.dist_backend, run.device)
         check_split(batch_size, ctx, accum_steps)
         device = pick_device(device_name)
@@ -76,6 +142,11 @@ class Runtime:
                 f"run.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on "
                 f"{device.type}); set run.sync_bn=false"
             )
+        if run.compile == "reduce-overhead" and device.type != "cuda":
+            raise ConfigError(
+                "run.compile=reduce-overhead is torch.compile's CUDA graphs: it needs a CUDA "
+                f"device; this run is on {device.type} (use run.compile=true)"
+            )
         return cls(
             ctx,
             device,
@@ -83,17 +154,28 @@ class Runtime:
             channels_last_enabled(run.channels_last, device),
             run.compile,
             run.sync_bn and ctx.distributed,
+            cuda_graphs_enabled(run.cuda_graphs, device, ctx.distributed, graph_obstacle),
         )
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The run's autocast (a no-op in full precision)."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
+        """The run's autocast (a no-op in full precision); ``cache=False`` inside a captured
+        CUDA graph (autocast's cache of cast weights would outlive the capture)."""
         return torch.autocast(
-            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+            self.device.type,
+            dtype=self.amp or torch.float32,
+            enabled=self.amp is not None,
+            cache_enabled=cache,
         )
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Extra options of the SGD optimizer: the fused kernel when the step is a CUDA graph
+        (it reads a device-tensor learning rate; the default foreach one reads it on the
+        host)."""
+        return {"fused": True} if self.cuda_graphs else {}
 
     def echo(self, echo: Callable[[str], None]) -> Callable[[str], None]:
         """``echo`` on rank 0, silence elsewhere."""
@@ -103,7 +185,10 @@ class Runtime:
         """``bf16, channels_last, compiled, DDP gloo x 2`` and the like."""
         parts = [str(self.amp).replace("torch.", "") if self.amp else "fp32"]
         parts.append("channels_last" if self.channels_last else "contiguous")
-        parts += {True: ["compiled"], "teacher": ["teacher compiled"]}.get(self.compile, [])
+        compiled = {True: "compiled", "teacher": "teacher compiled"}
+        compiled["reduce-overhead"] = "compiled (reduce-overhead: its CUDA graphs)"
+        parts += [compiled[self.compile]] if self.compile in compiled else []
+        parts += ["the step as one CUDA graph"] if self.cuda_graphs else []
         if self.dist.distributed:
             backend = torch.distributed.get_backend()
             parts.append(f"DDP {backend} x {self.dist.world_size} process(es)")
@@ -118,11 +203,16 @@ class Runtime:
         distiller.to(self.device)
         if self.channels_last:
             distiller.to(memory_format=torch.channels_last)
-        if self.compile is True:
-            distiller.student.compile()
+        graphs = self.compile == "reduce-overhead"
+        if self.compile is True or graphs:
+            distiller.student.compile(**({"mode": "reduce-overhead"} if graphs else {}))
         teacher = getattr(distiller, "teacher", None)
         if self.compile is not False and teacher_compiled and teacher is not None:
-            teacher.compile(options={"freezing": True})  # frozen: weights become constants
+            # frozen: weights become constants (BN folded); torch.compile takes a mode or
+            # options, so reduce-overhead's CUDA graphs are asked for as an option
+            teacher.compile(
+                options={"freezing": True, **({"triton.cudagraphs": True} if graphs else {})}
+            )
 
     def wrap(self, module: nn.Module) -> DDP | None:
         """``module`` in DistributedDataParallel under torchrun (broadcasting rank 0's weights

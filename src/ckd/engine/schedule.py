@@ -26,6 +26,10 @@ class Schedule:
 
     A linear warm-up over ``W`` steps then scales it by ``min((t + 1) / W, 1)`` (so the first
     step is not at 0). Everything is times ``scale`` (linear scaling with the batch size).
+
+    With ``hold`` > 1 (``optim.lr_update: epoch`` on an epoch schedule) each step gets the rate
+    of the first step of its epoch (``t`` rounded down to a multiple of ``hold``): the reference
+    code's ``CosineAnnealingLR.step()`` once per epoch.
     """
 
     lr: float
@@ -36,6 +40,7 @@ class Schedule:
     gamma: float
     warmup: float  # in steps
     scale: float = 1.0
+    hold: int = 1  # steps that share one rate
 
     @classmethod
     def of(cls, optim: OptimConfig, steps_per_epoch: int, batch_size: int) -> Schedule:
@@ -52,9 +57,11 @@ class Schedule:
             gamma=optim.gamma,
             warmup=float(warmup),
             scale=scale,
+            hold=steps_per_epoch if optim.lr_update == "epoch" and optim.unit == "epoch" else 1,
         )
 
     def __call__(self, step: int) -> float:
+        step -= step % self.hold
         if self.kind == "step":
             lr = self.lr * self.gamma ** sum(step >= m for m in self.milestones)
         elif self.kind == "cosine":

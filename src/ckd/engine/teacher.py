@@ -23,6 +23,7 @@ from ckd.engine.cache import (
     cache_identity,
     open_cache,
     remove_cache,
+    remove_stale_builds,
     verify_cache,
 )
 from ckd.engine.loaders import MicroBatch
@@ -91,6 +92,8 @@ def teacher_outputs(
     epochs = cache_epochs(task, total_steps)
     if not rt.is_main:  # rank 0 opens (or builds) it first
         rt.dist.barrier()
+    else:
+        remove_stale_builds(folder)
     cache = open_cache(folder, cache_identity(cfg, task.memory), epochs)
     if cache is None:
         echo(
@@ -157,6 +160,7 @@ def cache_command(
     epochs = cache_epochs(task, total)
     if replace:
         remove_cache(folder)
+    remove_stale_builds(folder)
     cache = open_cache(folder, cache_identity(cfg, task.memory), epochs)
     if cache is not None and (cache.has_features or not features):
         return f"{folder}: up to date ({cache.epochs} epochs); nothing to do"

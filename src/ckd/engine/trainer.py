@@ -8,8 +8,12 @@ epochs or iterations (``optim.epochs`` / ``optim.iters``), converted once to opt
 
 Each epoch's randomness (order, augmentation, worker seeds, the global RNG) is derived from
 ``(seed, epoch)`` alone, and checkpoints hold the model, method modules, optimizer, grad scaler,
-position, best score and RNG states, so a run stopped and resumed (at any checkpoint, with any
-number of processes) ends exactly where an uninterrupted one would. Under ``torchrun`` the
+position, best score, RNG states and the loss sums of the unfinished metrics row, so a run
+stopped and resumed (at any checkpoint, with any number of processes) ends exactly where an
+uninterrupted one would; :mod:`ckd.engine.rundir` keeps the folder's files consistent whenever
+the process is killed. A non-finite loss term is flagged on the device and found within
+:data:`CHECK_EVERY` steps (:class:`~ckd.errors.Diverged`); SIGINT and SIGTERM stop the loop at
+the next step boundary (:class:`~ckd.errors.Interrupted`). Under ``torchrun`` the
 student and the methods' modules run in DistributedDataParallel (the teacher never does), each
 process trains on its share of every global batch, metrics are averaged over the processes and
 only rank 0 prints and writes files.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,17 +36,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import ckd.faults as faults
 from ckd.config import BaseConfig
 from ckd.engine.checkpoint import FORMAT, rng_state, seed_everything, set_rng_state
+from ckd.engine.graphs import GraphedStep, graph_obstacle
 from ckd.engine.loaders import MicroBatch, epoch_seed
 from ckd.engine.metrics import MetricsLog
 from ckd.engine.rundir import RunFolder
 from ckd.engine.runtime import Runtime
 from ckd.engine.schedule import Schedule
 from ckd.engine.teacher import teacher_outputs
+from ckd.errors import CheckpointError, Diverged, Interrupted, one_line
 from ckd.methods.base import Distiller
+from ckd.signals import StopRequests
+from ckd.signals import name as signal_name
 
 _say = functools.partial(print, flush=True)
+#: Steps between two looks at the non-finite flag and at stop requests of other processes
+#: (each look is one host sync; a metrics row looks too).
+CHECK_EVERY = 50
 
 
 class TrainView(nn.Module):
@@ -72,20 +85,31 @@ class State:
 
 class Window:
     """Per-micro-batch loss terms and task statistics (e.g. training accuracy) summed on the
-    device since the last metrics row (no host sync per step), with the samples and time."""
+    device since the last metrics row (no host sync per step), with the samples and time, and
+    the first step whose loss terms were not all finite (a device flag, read every
+    :data:`CHECK_EVERY` steps)."""
 
     def __init__(self) -> None:
         self.sums: dict[tuple[str, str], torch.Tensor] = {}
         self.count, self.samples, self.start = 0, 0, time.perf_counter()
+        self.bad_names: tuple[str, ...] = ()  # the loss terms that ``bad`` follows
+        self.bad: torch.Tensor | None = None  # each one's first non-finite step; -1: none
 
-    def add(self, terms: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], n: int) -> None:
+    def add(
+        self, terms: dict[str, torch.Tensor], stats: dict[str, torch.Tensor], n: int, step: int = 0
+    ) -> None:
         values = {
-            **{("term", k): v for k, v in terms.items()},
-            **{("stat", k): v for k, v in stats.items()},
+            **{("term", k): v.detach().float() for k, v in terms.items()},
+            **{("stat", k): v.detach().float() for k, v in stats.items()},
         }
         for key, v in values.items():
-            v = v.detach().float()
             self.sums[key] = self.sums[key] + v if key in self.sums else v
+        if terms:
+            losses = torch.stack([values["term", k].reshape(()) for k in terms])
+            self._follow(tuple(terms), losses.device)
+            assert self.bad is not None
+            broken = ~torch.isfinite(losses) & (self.bad < 0)
+            self.bad = torch.where(broken, step, self.bad)
         self.count += 1
         self.samples += n
 
@@ -95,6 +119,26 @@ class Window:
         terms = [v for (kind, _), v in self.sums.items() if kind == "term"]
         loss = float(torch.stack(terms).sum()) / max(self.count, 1) if terms else 0.0
         return loss, self.samples, time.perf_counter() - self.start
+
+    def _follow(self, names: tuple[str, ...], device: torch.device) -> None:
+        """Make ``bad`` follow the terms ``names`` (kept on the device: no sync)."""
+        if names == self.bad_names:
+            return
+        old = dict(zip(self.bad_names, self.bad if self.bad is not None else [], strict=True))
+        none = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad = torch.stack([old.get(k, none) for k in names])
+        self.bad_names = names
+
+    def first_bad(self) -> tuple[int, list[str]]:
+        """The first step (0-based) at which a loss term was not finite (-1: none) and the
+        terms that were not, then."""
+        if self.bad is None:
+            return -1, []
+        steps = dict(zip(self.bad_names, self.bad.tolist(), strict=True))
+        bad = [s for s in steps.values() if s >= 0]
+        if not bad:
+            return -1, []
+        return min(bad), [k for k, s in steps.items() if s == min(bad)]
 
     def means(self, rt: Runtime) -> tuple[dict[str, float], dict[str, float], float, float]:
         """(terms, statistics): means over every micro-batch of every process; the global
@@ -110,6 +154,36 @@ class Window:
         terms = {name: v for (kind, name), v in means.items() if kind == "term"}
         stats = {name: v for (kind, name), v in means.items() if kind == "stat"}
         return terms, stats, samples, seconds
+
+    def state(self, rt: Runtime) -> dict[str, Any] | None:
+        """What a checkpoint between two rows keeps of the window (summed over the processes,
+        so rank 0's checkpoint holds it all); None when it is empty."""
+        if not self.count:
+            return None
+        keys = list(self.sums)
+        extra = torch.tensor([float(self.count), float(self.samples)], device=rt.device)
+        flat = torch.cat([torch.stack([self.sums[k].reshape(()) for k in keys]), extra])
+        flat = rt.dist.all_reduce_sum(flat) if rt.dist.distributed else flat
+        return {
+            "keys": [f"{kind}:{name}" for kind, name in keys],
+            "sums": flat[: len(keys)].cpu(),
+            "count": int(flat[-2].item()),
+            "samples": int(flat[-1].item()),
+            "seconds": time.perf_counter() - self.start,
+        }
+
+    @classmethod
+    def restore(cls, state: dict[str, Any] | None, device: torch.device) -> Window:
+        """A window that continues the one :meth:`state` saved (a fresh one for None)."""
+        window = cls()
+        if state:
+            sums = state["sums"].to(device)
+            for i, key in enumerate(state["keys"]):
+                kind, name = key.split(":", 1)
+                window.sums[kind, name] = sums[i]
+            window.count, window.samples = int(state["count"]), int(state["samples"])
+            window.start -= float(state["seconds"])
+        return window
 
 
 class ProgressLines:
@@ -146,19 +220,29 @@ class ProgressLines:
 
 class Trainer:
     """Builds everything from ``cfg`` up front (a bad input fails before any file is written:
-    the run folder and a resumed run's config are checked first), then :meth:`fit` trains."""
+    the run folder is checked and locked first, a resumed run's config next, and a failure
+    removes the folder again if this process made it), then :meth:`fit` trains."""
 
     def __init__(
         self, cfg: BaseConfig, resume: bool = False, echo: Callable[[str], None] = _say
     ) -> None:
+        self.cfg = cfg
+        self.runtime = rt = Runtime.start(
+            cfg.run, cfg.data.batch_size, cfg.optim.accum_steps, graph_obstacle(cfg)
+        )
+        self.echo = rt.echo(echo)
+        out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir is not None else cfg.default_out_dir()
+        self.folder = RunFolder(out_dir, resume, rt.is_main)  # checked and locked
+        self.out_dir = out_dir
+        try:
+            self._build(cfg, rt)
+        except BaseException:
+            self.folder.close()  # a run that never started leaves the disk as it was
+            raise
+
+    def _build(self, cfg: BaseConfig, rt: Runtime) -> None:
         from ckd.tasks import TASKS
 
-        self.cfg = cfg
-        self.runtime = rt = Runtime.start(cfg.run, cfg.data.batch_size, cfg.optim.accum_steps)
-        self.echo = rt.echo(echo)
-        out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir else cfg.default_out_dir()
-        self.folder = RunFolder(out_dir, resume, rt.is_main)
-        self.out_dir = out_dir
         ckpt = self.folder.checkpoint(cfg.to_dict())
         seed_everything(cfg.run.seed)
         self.task = TASKS.get(cfg.task)(cfg, rt)
@@ -171,6 +255,7 @@ class Trainer:
             momentum=o.momentum,
             nesterov=o.nesterov,
             weight_decay=o.weight_decay,
+            **rt.optimizer_options(),
         )
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp is torch.float16)
         self.steps_per_epoch = spe = self.task.loader.steps_per_epoch
@@ -179,12 +264,25 @@ class Trainer:
         self.unit = spe if self.by_epoch else 1  # steps per schedule unit
         self.unit_name = "epoch" if self.by_epoch else "iter"
         self.state = State()
+        self._window: dict[str, Any] | None = None  # a checkpoint's unfinished metrics row
+        self._saved: int | None = None  # the step of last.pt
         if ckpt is not None:
-            self._restore(ckpt)
+            try:
+                self._restore(ckpt)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+                raise CheckpointError(
+                    f"--resume: {self.folder.last} cannot be restored ({one_line(e, 200)})"
+                ) from None
+            self._saved = self.state.step
         self.teacher = teacher_outputs(
             cfg, self.task, self.schedule.total, self.state.step // spe, self.echo
         )
         self.ddp = rt.wrap(TrainView(d))
+        self.graphed = (
+            GraphedStep(d, self.optimizer, functools.partial(rt.autocast, cache=False), rt.device)
+            if rt.cuda_graphs
+            else None
+        )
 
     # ------------------------------------------------------------------ state
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -203,9 +301,10 @@ class Trainer:
         else:  # a classification run of an earlier release: epochs done
             s.step, s.best = ckpt["epoch"] * spe, ckpt["best_top1"]
             s.best_step = ckpt["best_epoch"] * spe
+        self._window = ckpt.get("window")
         set_rng_state(ckpt["rng"])
 
-    def _checkpoint(self) -> dict[str, Any]:
+    def _checkpoint(self, window: Window) -> dict[str, Any]:
         state = self.distiller.trainable_state_dict()
         s = self.state
         return {
@@ -221,10 +320,75 @@ class Trainer:
             "best_step": s.best_step,
             "teacher": s.teacher,
             "seconds": s.seconds + time.perf_counter() - self._started,
+            "window": window.state(self.runtime),
             "config": self.cfg.to_dict(),
             **self.task.checkpoint_extras(),  # e.g. the dataset's facts (export needs no data)
             "rng": rng_state(),
         }
+
+    def _save(self, window: Window, best: bool) -> None:
+        """``last.pt`` (and ``best.pt``) of this step, once its weights are known finite."""
+        weights = [p.detach() for p in self.distiller.trainable_parameters()]
+        if weights and not bool(torch.stack([torch.isfinite(p).all() for p in weights]).all()):
+            raise Diverged(
+                f"training diverged: non-finite weights at {self._where()}; {self._kept()}"
+            )
+        self.folder.save(self._checkpoint(window), best)
+        self._saved = self.state.step
+
+    def _where(self, done: int | None = None) -> str:
+        """The step that made ``done`` steps (default: the current one): ``epoch 3, step 5 of
+        12`` (``iteration 41`` for iteration schedules)."""
+        done = self.state.step if done is None else done
+        if done <= 0:
+            return "the start"
+        if not self.by_epoch:
+            return f"iteration {done}"
+        epoch, position = divmod(done - 1, self.steps_per_epoch)
+        return f"epoch {epoch + 1}, step {position + 1} of {self.steps_per_epoch}"
+
+    def _kept(self) -> str:
+        if self._saved is None:
+            return "no checkpoint was written yet"
+        return f"the last checkpoint, {self.folder.last} (at {self._where(self._saved)}), is kept"
+
+    def _check(self, window: Window, stop: StopRequests) -> int:
+        """A look at the window's non-finite flag (Diverged if it is set) and at stop requests:
+        the signal to stop for (0: go on), the same on every process."""
+        rt, signum = self.runtime, stop.signum
+        bad, names = window.first_bad()
+        if rt.dist.distributed:
+            mine = [
+                float(bad >= 0),
+                float(signum == signal.SIGINT),
+                float(signum == signal.SIGTERM),
+            ]
+            seen = rt.dist.all_reduce_sum(torch.tensor(mine, device=rt.device)).tolist()
+            if seen[0] and bad < 0:
+                raise Diverged(
+                    f"training diverged: a non-finite loss on another process by "
+                    f"{self._where()}; {self._kept()}"
+                )
+            signum = signal.SIGTERM if seen[2] else signal.SIGINT if seen[1] else 0
+        if bad >= 0:
+            raise Diverged(
+                f"training diverged: a non-finite loss term ({', '.join(names)}) at "
+                f"{self._where(bad + 1)}; {self._kept()}"
+            )
+        return signum
+
+    def _halt(self, signum: int, window: Window, saved: bool) -> None:
+        """Stop for ``signum`` at this step boundary: a checkpoint of it when one was just
+        written or can be (the loader restarts exactly mid-epoch), else the last one stays."""
+        where = self._where()
+        if not saved and getattr(self.task.loader, "resumes_anywhere", False):
+            self._save(window, best=False)
+            saved = True
+        kept = f"saved {self.folder.last}" if saved else self._kept()
+        raise Interrupted(
+            signum,
+            f"stopped by {signal_name(signum)} at {where}; {kept} (continue with --resume)",
+        )
 
     # ------------------------------------------------------------------ training
     def train_step(
@@ -232,11 +396,17 @@ class Trainer:
     ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """One optimisation step over this rank's micro-batches (gradients accumulated, DDP's
         all-reduce only after the last); returns (student logits, loss terms) of each,
-        detached."""
+        detached. With ``run.cuda_graphs`` the step is a replayed CUDA graph
+        (:mod:`ckd.engine.graphs`); its logits are valid until the next step."""
+        if self.graphed is not None:
+            source = self.teacher.source(micro_batches[0], epoch)
+            return self.graphed(micro_batches, source, lr, epoch, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         rt = self.runtime
+        if rt.compile == "reduce-overhead":  # torch.compile's CUDA graphs: a new step begins
+            torch.compiler.cudagraph_mark_step_begin()
         forward = self.ddp if self.ddp is not None else self.distiller.forward_train
         gather = rt.dist.gather if rt.dist.distributed else None
         n = len(micro_batches)
@@ -284,7 +454,19 @@ class Trainer:
 
     def fit(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train to the schedule's end (or stop after ``stop_after`` of its unit, checkpointed,
-        to continue with ``resume``). Returns the result (``result.json`` once finished)."""
+        to continue with ``resume``). Returns the result (``result.json`` once finished).
+
+        SIGINT and SIGTERM stop it at the next step boundary (:meth:`_halt`); a non-finite loss
+        term, weight or evaluation stops it with :class:`~ckd.errors.Diverged`. Either way the
+        run folder holds a checkpoint to resume from, and its lock is released on return."""
+        self.folder.hold()
+        try:
+            with StopRequests() as stop:
+                return self._fit(stop_after, stop)
+        finally:
+            self.folder.close()
+
+    def _fit(self, stop_after: int | None, stop: StopRequests) -> dict[str, Any]:
         cfg, rt, task, d, s = self.cfg, self.runtime, self.task, self.distiller, self.state
         self._started = time.perf_counter()
         total, spe = self.schedule.total, self.steps_per_epoch
@@ -311,14 +493,19 @@ class Trainer:
         log = MetricsLog(
             self.out_dir,
             cfg.run.tensorboard,
-            resume_epoch=s.step // self.unit if self.folder.resume else None,
+            resume_step=s.step if self.folder.resume else None,
             enabled=rt.is_main,
             step_key=self.unit_name,
+            unit=self.unit,
         )
+        # a run whose last checkpoint is its end, killed before result.json: its last row
+        last = log.row_at(s.step) if s.step >= total else None
         show = cfg.run.progress and sys.stderr.isatty() and rt.is_main
         bar = tqdm(total=total, initial=s.step, disable=not show, leave=False, dynamic_ncols=True)
         lines = ProgressLines(self, cfg.run.progress and not show and rt.is_main)
-        window, last, metrics, lr = Window(), None, None, self.schedule(s.step)
+        # the checkpoint's window holds every process's sums: rank 0 takes it over
+        window = Window.restore(self._window if rt.is_main else None, rt.device)
+        metrics, lr = None, self.schedule(s.step)
         d.train()
         try:
             while s.step < end:
@@ -332,36 +519,53 @@ class Trainer:
                         self.train_step(micro_batches, epoch, s.step, lr),
                         strict=True,
                     ):
-                        window.add(terms, task.train_stats(logits, mb.targets), len(mb.index))
+                        stats = task.train_stats(logits, mb.targets)
+                        window.add(terms, stats, len(mb.index), s.step)
                     s.step += 1
                     bar.update(1)
+                    faults.point("step")
                     evaluate = s.step % eval_every == 0 or s.step == total
                     save = evaluate or s.step % ckpt_every == 0 or s.step == end
-                    if save or s.step % log_every == 0:
+                    row_due = save or s.step % log_every == 0
+                    signum = 0
+                    if (
+                        row_due
+                        or s.step % CHECK_EVERY == 0
+                        or (stop.signum and not rt.dist.distributed)
+                    ):
+                        signum = self._check(window, stop)
+                    if row_due:
                         row = self._row(window, lr)
                         metrics = None
                         if evaluate:
-                            rt.dist.broadcast_buffers(d.student)  # rank 0's BN statistics
-                            rt.dist.broadcast_buffers(d.methods)
-                            metrics = self.evaluate(d)
+                            metrics = self._evaluate_student()
                             row |= {f"test_{k}": v for k, v in metrics.items()}
                             if metrics[task.score] > s.best:
                                 s.best, s.best_step = metrics[task.score], s.step
+                        log.log(row, sync=save)  # the row first: a checkpoint never lacks it
                         if save:
-                            best = evaluate and s.best_step == s.step
-                            self.folder.save(self._checkpoint(), best)
-                        log.log(row)
+                            self._save(window, best=evaluate and s.best_step == s.step)
                         self._say(row, metrics)
                         lines.reset()
                         last = row if evaluate else last
                     else:
                         lines.tick(s.step, window)
+                    if signum and s.step < end:
+                        self._halt(signum, window, saved=save)
                     if s.step >= end:
                         break
+        except Exception as e:
+            if stop.signum and not isinstance(e, Diverged):  # e.g. a loader worker the signal hit
+                raise Interrupted(
+                    stop.signum,
+                    f"stopped by {signal_name(stop.signum)} ({one_line(e, 200)}); {self._kept()} "
+                    "(continue with --resume)",
+                ) from None
+            raise
         finally:
             bar.close()
             log.close()
-        if last is None and s.step >= total:  # a finished run resumed: report its model
+        if last is None and s.step >= total:  # no row of the end: measure the model again
             last = {f"test_{k}": v for k, v in self.evaluate(d).items()}
         return self._result(last or {}, student_name, teacher_name)
 
@@ -375,16 +579,27 @@ class Trainer:
             f"{self.unit_name} {s.step // unit + 1}"
         )
 
+    def _evaluate_student(self) -> dict[str, float]:
+        """The student's metrics at this step (rank 0's BN statistics everywhere); a non-finite
+        one is Diverged (never a best, never a finished run)."""
+        d, rt = self.distiller, self.runtime
+        rt.dist.broadcast_buffers(d.student)
+        rt.dist.broadcast_buffers(d.methods)
+        metrics = self.evaluate(d)
+        broken = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if broken:
+            raise Diverged(
+                f"training diverged: the evaluation at {self._where()} gave a non-finite "
+                f"{', '.join(broken)}; {self._kept()}"
+            )
+        return metrics
+
     def _row(self, window: Window, lr: float) -> dict[str, Any]:
         terms, stats, samples, seconds = window.means(self.runtime)
         row = {**self._position(self.state.step), **{f"train_{k}": v for k, v in terms.items()}}
         row["train_loss"] = sum(terms.values())
         row |= {f"train_{k}": v for k, v in stats.items()}
         row |= {"lr": lr, "train_time_s": seconds, "images_per_s": samples / max(seconds, 1e-9)}
-        if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
-            raise FloatingPointError(
-                f"non-finite loss at step {self.state.step}: {row}; the last checkpoint is kept"
-            )
         return row
 
     def _say(self, row: dict[str, Any], metrics: dict[str, float] | None) -> None:

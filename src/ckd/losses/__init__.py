@@ -1,5 +1,6 @@
 """Pure loss functions on logits. Every function computes in float32 whatever the input dtype
-and never sends a gradient into the teacher's logits.
+(bf16 / fp16 promoted; float64 inputs stay float64, e.g. for gradcheck) and never sends a gradient
+into the teacher's logits.
 
 Shapes: ``student_logits`` and ``teacher_logits`` are ``[B, C]``; ``target`` is ``[B]`` (int64).
 """

@@ -26,9 +26,19 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be > 0; got {temperature}")
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the losses' precision: float32 (bf16 / fp16 promoted), or float64 left as it is,
+    so that float64 inputs are computed in float64 (``torch.autograd.gradcheck``, first-order
+    checks below float32's rounding)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def as_float32(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
-    """Student logits cast to float32 (gradient kept); teacher's cast and detached."""
-    return student_logits.float(), teacher_logits.detach().float()
+    """Student logits in the losses' precision (gradient kept), the teacher's in the same and
+    detached: float32, or float64 when either is float64 (see :func:`wide`)."""
+    wider = torch.float64 in (student_logits.dtype, teacher_logits.dtype)
+    dtype = torch.float64 if wider else torch.float32
+    return student_logits.to(dtype), teacher_logits.detach().to(dtype)
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:

@@ -14,8 +14,9 @@ new embeddings with momentum and are re-normalised. Definitions and constants (`
 ``Z`` from the mean score times ``N``) as in the reference code: RepDistiller
 ``crd/criterion.py`` and ``crd/memory.py``, mdistiller ``mdistiller/distillers/CRD.py``.
 
-All functions compute in float32 whatever the input dtype (autocast is switched off inside),
-read the banks without gradient, and raise a one-line ValueError for inputs of the wrong shape.
+All functions compute in float32 whatever the input dtype (float64 inputs in float64; autocast
+is switched off inside), read the banks without gradient, and raise a one-line ValueError for
+inputs of the wrong shape.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import full_precision
+from ckd.losses._checks import full_precision, wide
 
 NCE_EPS = 1e-7
 
@@ -61,16 +62,17 @@ def crd_scores(
         raise ValueError(f"temperature must be > 0; got {temperature}")
     batch, draws = sample_index.shape
     with full_precision(anchor.device):
-        a = anchor.float()
+        a = wide(anchor)
         idx = sample_index.long()
         if memory.shape[0] <= draws * memory.shape[1]:
             # all N similarities [B, N], then the drawn ones: cheaper than gathering B*(1+K)
             # rows. A copy of the bank is kept for the backward, so the caller may update the
             # bank in place before it.
-            bank = memory.detach().to(torch.float32, copy=True)
+            bank = memory.detach().to(a.dtype, copy=True)
             sims = (a @ bank.t()).gather(1, idx)
         else:
-            rows = memory.detach().float().index_select(0, idx.reshape(-1)).view(batch, draws, -1)
+            rows = memory.detach().to(a.dtype).index_select(0, idx.reshape(-1))
+            rows = rows.view(batch, draws, -1)
             sims = torch.bmm(rows, a.unsqueeze(2)).squeeze(2)
         return torch.exp(sims / temperature)
 
@@ -86,7 +88,7 @@ def nce_loss(probs: torch.Tensor, num_data: int) -> torch.Tensor:
     if num_data < 1:
         raise ValueError(f"num_data must be >= 1; got {num_data}")
     with full_precision(probs.device):
-        p = probs.float()
+        p = wide(probs)
         noise = (p.shape[1] - 1) / num_data
         positive = torch.log(p[:, 0] / (p[:, 0] + noise + NCE_EPS))
         negative = torch.log(noise / (p[:, 1:] + noise + NCE_EPS))
@@ -147,7 +149,7 @@ def crd_loss(
     if normalisers.shape != (2,):
         raise ValueError(f"normalisers must be [2]; got shape {tuple(normalisers.shape)}")
     n = memory_student.shape[0]
-    z = normalisers.detach().float()
+    z = wide(normalisers.detach())
     p_s = crd_scores(student, memory_teacher, sample_index, temperature) / z[0]
     p_t = crd_scores(teacher, memory_student, sample_index, temperature) / z[1]
     return nce_loss(p_s, n) + nce_loss(p_t, n)
@@ -168,5 +170,5 @@ def crd_memory_update(rows: torch.Tensor, new: torch.Tensor, momentum: float) ->
         )
     if not 0 <= momentum <= 1:
         raise ValueError(f"momentum must be in [0, 1]; got {momentum}")
-    mixed = momentum * rows.float() + (1 - momentum) * new.detach().float()
+    mixed = momentum * wide(rows) + (1 - momentum) * wide(new.detach())
     return F.normalize(mixed, dim=1)

@@ -12,15 +12,17 @@ def _binary_log_probs(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """``[B, 2]`` log-probabilities of (target class, all other classes) under softmax(logits)."""
     log_total = torch.logsumexp(logits, dim=1)
     log_target = logits.gather(1, gt[:, None]).squeeze(1) - log_total
-    others = logits.masked_fill(F.one_hot(gt, logits.shape[1]).bool(), float("-inf"))
+    target = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, gt[:, None], True)
+    others = logits.masked_fill(target, float("-inf"))
     log_others = torch.logsumexp(others, dim=1) - log_total
     return torch.stack([log_target, log_others], dim=1)
 
 
 def _non_target(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """``[B, C-1]``: the logits without the target class, order kept."""
-    keep = ~F.one_hot(gt, logits.shape[1]).bool()
-    return logits[keep].view(logits.shape[0], logits.shape[1] - 1)
+    """``[B, C-1]``: the logits without the target class, order kept (a gather, not a boolean
+    mask: no data-dependent size, so no wait for the device, and a CUDA graph can hold it)."""
+    columns = torch.arange(logits.shape[1] - 1, device=logits.device).expand(len(gt), -1)
+    return logits.gather(1, columns + (columns >= gt[:, None]))
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

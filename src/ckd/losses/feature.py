@@ -1,11 +1,12 @@
 """Feature- and relation-based distillation losses: FitNet, AT, NST, SP, KDSVD, PKT and RKD.
 
-Every function is pure: it computes in float32 whatever the input dtype (autocast is switched off
-inside), never sends a gradient into the teacher's tensors, and raises a one-line ValueError for
-inputs of the wrong shape. Feature maps are ``[B, C, H, W]`` (student and teacher may differ in
-channels; where a loss compares maps position by position, the larger map is average-pooled to
-the smaller size first, as the reference code base does); embeddings are ``[B, D]`` (``D`` may
-differ between student and teacher).
+Every function is pure: it computes in float32 whatever the input dtype (float64 inputs in
+float64; autocast is switched off inside), never sends a gradient into the teacher's tensors,
+and raises a one-line ValueError for inputs of the wrong shape. Feature maps are
+``[B, C, H, W]`` (student and teacher may differ in channels; where a loss compares maps
+position by position, the larger map is average-pooled to the smaller size first, as the
+reference code base does); embeddings are ``[B, D]`` (``D`` may differ between student and
+teacher).
 
 The definitions follow the papers and, where the papers leave a choice open (normalisations,
 means or sums, constants), the reference implementations that the KD literature's CIFAR numbers
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import full_precision
+from ckd.losses._checks import full_precision, wide
 
 Maps = torch.Tensor | Sequence[torch.Tensor]
 
@@ -31,11 +32,11 @@ KDSVD_VECTORS = ("width", "channel")
 
 
 def _student(x: torch.Tensor) -> torch.Tensor:
-    return x.float()
+    return wide(x)
 
 
 def _teacher(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().float()
+    return wide(x.detach())
 
 
 def _shape(x: torch.Tensor) -> tuple[int, ...]:

@@ -9,9 +9,9 @@ below the teacher. Definitions as in the paper, with the reductions of the refer
 (mdistiller ``mdistiller/distillers/OFD.py``): a sum over ``C, H, W``, a mean over the batch, the
 teacher average-pooled to the student's size, and stage ``i`` of ``n`` weighted ``1/2^(n-1-i)``.
 
-All functions compute in float32 whatever the input dtype (autocast is switched off inside),
-never send a gradient into the teacher's tensors, and raise a one-line ValueError for inputs of
-the wrong shape.
+All functions compute in float32 whatever the input dtype (float64 inputs in float64; autocast
+is switched off inside), never send a gradient into the teacher's tensors, and raise a one-line
+ValueError for inputs of the wrong shape.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import full_precision
+from ckd.losses._checks import full_precision, wide
 
 # Below this probability of a negative pre-activation the margin is set to -3 sigma (reference).
 _MIN_NEGATIVE_MASS = 1e-3
@@ -94,11 +94,11 @@ def ofd_partial_l2(
     """
     _check_stage(student, teacher, margin)
     with full_precision(student.device):
-        s = student.float()
-        t = teacher.detach().float()
+        s = wide(student)
+        t = wide(teacher.detach())
         if t.shape[-2:] != s.shape[-2:]:
             t = F.adaptive_avg_pool2d(t, s.shape[-2:])
-        t = torch.maximum(t, margin.detach().float().view(1, -1, 1, 1))
+        t = torch.maximum(t, margin.detach().to(t.dtype).view(1, -1, 1, 1))
         ignored = (s <= t) & (t <= 0)
         distance = torch.where(ignored, torch.zeros_like(s), (s - t) ** 2)
         return distance.sum() / s.shape[0]

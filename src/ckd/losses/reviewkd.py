@@ -9,8 +9,9 @@ level is the mean squared error. Summed over the stages. Definition as in the pa
 reference code (dvlab-research ReviewKD ``CIFAR-100/model/reviewkd.py``, mdistiller
 ``mdistiller/distillers/ReviewKD.py``).
 
-Computed in float32 whatever the input dtype (autocast is switched off inside); no gradient
-reaches the teacher's maps; a one-line ValueError for inputs of the wrong shape.
+Computed in float32 whatever the input dtype (float64 inputs in float64; autocast is switched
+off inside); no gradient reaches the teacher's maps; a one-line ValueError for inputs of the
+wrong shape.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import full_precision
+from ckd.losses._checks import full_precision, wide
 
 HCL_LEVELS = (4, 2, 1)  # pooled sizes, each used when smaller than the map's height
 
@@ -70,5 +71,5 @@ def hcl_loss(
             )
     with full_precision(s_maps[0].device):
         pairs = zip(s_maps, t_maps, strict=True)
-        terms = [_hcl_pair(s.float(), t.detach().float()) for s, t in pairs]
+        terms = [_hcl_pair(wide(s), wide(t.detach())) for s, t in pairs]
         return torch.stack(terms).sum()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ckd.losses._checks import wide
+
 EPS = 1e-7
 
 
@@ -27,7 +29,7 @@ def standardize_logits(logits: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [B, C]; got shape {tuple(logits.shape)}")
-    z = logits.float()
+    z = wide(logits)
     mean = z.mean(dim=1, keepdim=True)
     std = z.std(dim=1, keepdim=True, correction=0)
     return (z - mean) / (std + eps)

@@ -9,9 +9,9 @@ constant, ``0.5 * ((t - mu)^2 / sigma_c^2 + log sigma_c^2)``, averaged over ever
 channels, positions), as in the reference code (RepDistiller ``distiller_zoo/VID.py``,
 mdistiller ``mdistiller/distillers/VID.py``).
 
-All functions compute in float32 whatever the input dtype (autocast is switched off inside),
-never send a gradient into the teacher's tensors, and raise a one-line ValueError for inputs of
-the wrong shape.
+All functions compute in float32 whatever the input dtype (float64 inputs in float64; autocast
+is switched off inside), never send a gradient into the teacher's tensors, and raise a one-line
+ValueError for inputs of the wrong shape.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ckd.losses._checks import full_precision
+from ckd.losses._checks import full_precision, wide
 
 
 def vid_log_scale_init(init_pred_var: float, eps: float) -> float:
@@ -33,7 +33,7 @@ def vid_log_scale_init(init_pred_var: float, eps: float) -> float:
 
 def vid_variance(log_scale: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Per-channel variance ``softplus(log_scale) + eps``, float32 ``[C]``."""
-    return F.softplus(log_scale.float()) + eps
+    return F.softplus(wide(log_scale)) + eps
 
 
 def vid_loss(
@@ -79,8 +79,8 @@ def vid_loss(
             f"log_scale must be [C] = [{pred_mean.shape[1]}]; got shape {tuple(log_scale.shape)}"
         )
     with full_precision(pred_mean.device):
-        mu = pred_mean.float()
-        t = target.detach().float()
+        mu = wide(pred_mean)
+        t = wide(target.detach())
         if t.shape[-2:] != mu.shape[-2:]:
             t = F.adaptive_avg_pool2d(t, mu.shape[-2:])
         var = vid_variance(log_scale, eps).view(1, -1, 1, 1)

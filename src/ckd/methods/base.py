@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckd.errors import show
+from ckd.losses._checks import wide
 from ckd.models.features import INPUT_SUFFIX, FeatureExtractor, feature_names
 from ckd.registry import Registry
 
@@ -124,6 +125,11 @@ class Batch:
     are samples) come from the trainer. ``gather(x)`` concatenates a ``[B, ...]`` tensor of every
     process of a distributed run in rank order (gradients flowing back to each process's own
     slice); in a single process it returns ``x``.
+
+    When the step is a captured CUDA graph (``run.cuda_graphs``, :mod:`ckd.engine.graphs`),
+    ``epoch`` and ``step`` are 0-dim float tensors on the device, which the graph reads at each
+    replay, and ``index`` is on the device: compute with them (as :meth:`warmup` does), never
+    branch on them in Python.
     """
 
     def __init__(
@@ -148,13 +154,17 @@ class Batch:
             self._teacher = self._run_teacher()
         return self._teacher
 
-    def warmup(self, epochs: int = 0, iters: int = 0) -> float:
+    def warmup(self, epochs: int = 0, iters: int = 0) -> float | torch.Tensor:
         """A linear warm-up factor: ``min((step + 1) / iters, 1)`` when ``iters``, else
         ``min((epoch + 1) / epochs, 1)`` when ``epochs`` (the released DKD's 1-based
-        ``epoch / warmup``), else 1."""
+        ``epoch / warmup``), else 1 (a device tensor when ``epoch`` and ``step`` are)."""
         if iters > 0:
-            return min((self.step + 1) / iters, 1.0)
-        return 1.0 if epochs <= 0 else min((self.epoch + 1) / epochs, 1.0)
+            return _at_most_one((self.step + 1) / iters)
+        return 1.0 if epochs <= 0 else _at_most_one((self.epoch + 1) / epochs)
+
+
+def _at_most_one(x: Any) -> Any:
+    return x.clamp(max=1.0) if isinstance(x, torch.Tensor) else min(x, 1.0)
 
 
 def _same(x: torch.Tensor) -> torch.Tensor:
@@ -179,6 +189,9 @@ class Method(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    #: Why the method's step cannot be captured as a CUDA graph (it reads a device value on the
+    #: host, or its shapes depend on the data); empty: it can (``run.cuda_graphs``).
+    graph_unsafe: ClassVar[str] = ""
 
     def __init__(self, options: MethodOptions, setup: Setup) -> None:
         super().__init__()
@@ -219,7 +232,8 @@ class ClassifierView:
         self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, needs: Needs
     ) -> tuple[Outputs, torch.Tensor, dict[str, torch.Tensor], None]:
         out = run_network(net, inputs, needs.features, needs.preact)
-        return out, targets, {"ce": F.cross_entropy(out.logits.float(), targets)}, None
+        # float32 (bf16 / fp16 logits promoted), float64 logits in float64, as the losses
+        return out, targets, {"ce": F.cross_entropy(wide(out.logits), targets)}, None
 
     def teacher(self, net: nn.Module, inputs: torch.Tensor, context: None, needs: Needs) -> Outputs:
         return run_network(net, inputs, needs.features, needs.preact)

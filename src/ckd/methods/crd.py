@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckd.losses import crd_loss, crd_memory_update, crd_normalisers
+from ckd.losses._checks import wide
 from ckd.methods.base import METHODS, Batch, Method, MethodOptions, Setup
 
 
@@ -40,6 +41,9 @@ class CRDOptions(MethodOptions):
     # CRD.FEAT.DIM 128, CRD.NCE.K 16384, NCE.TEMPERATURE 0.07, NCE.MOMENTUM 0.5;
     # configs/cifar100/crd.yaml, resnet32x4 -> resnet8x4, keeps them) = RepDistiller
     # train_student.py (--feat_dim 128 --nce_k 16384 --nce_t 0.07 --nce_m 0.5, -r 1 -a 0 -b 0.8).
+    # feat_dim: 128 is upstream mdistiller's (and RepDistiller's). The CKD code's cfg.py says
+    # CRD.FEAT.DIM 64 with STUDENT_DIM = TEACHER_DIM = 64, which cannot run its own
+    # configs/cifar100/crd.yaml (resnet32x4 -> resnet8x4 embeddings are 256-d); 128 is kept.
     w_ce: float = 1.0
     w_crd: float = 0.8
     feat_dim: int = 128  # dimension of the embedding heads and of the memory banks
@@ -107,8 +111,8 @@ class CRD(Method):
         index = b.index.to(device=device, dtype=torch.long)
         num_data = self.memory_student.shape[0]
         with _fp32(device):
-            v_s = F.normalize(self.embed_student(s_emb.float()), dim=1)
-            v_t = F.normalize(self.embed_teacher(t_emb.detach().float()), dim=1)
+            v_s = F.normalize(self.embed_student(wide(s_emb)), dim=1)
+            v_t = F.normalize(self.embed_teacher(wide(t_emb.detach())), dim=1)
         rows = torch.cat([index.unsqueeze(1), draw_negatives(index, num_data, o.nce_k)], dim=1)
         banks = (v_s, v_t, self.memory_student, self.memory_teacher, rows, o.nce_t)
         if not self._normalisers_set:

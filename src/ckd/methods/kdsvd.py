@@ -38,6 +38,7 @@ class KDSVD(Method):
         "Lee, Kim & Song, Self-supervised Knowledge Distillation Using Singular Value "
         "Decomposition, ECCV 2018"
     )
+    graph_unsafe = "its SVD makes the host wait for the device (torch.linalg.svd on CUDA)"
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options

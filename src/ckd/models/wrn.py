@@ -3,7 +3,10 @@
 Input [B, C, 32, 32] -> stem conv [B, 16, 32, 32] -> block1..block3 of n = (d-4)/6 blocks
 [B, 16k, 32, 32], [B, 32k, 16, 16], [B, 64k, 8, 8] -> BN-ReLU, 8x8 average pool [B, 64k]
 -> ``fc`` logits [B, num_classes]. Layer names and parameters match the RepDistiller /
-mdistiller zoo. As in that zoo, the stage features are pre-activation (raw block sums).
+mdistiller zoo. As in that zoo, the stage features are the raw block sums (a block's output is
+not activated); their pre-activation maps (``preact_names``) are those sums after the BN that next
+normalises them before a ReLU: the first block of the next stage's ``bn1``, and the final ``bn1``
+for the last stage (the reference's ``preact_feats``, from which OFD's margins are computed).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from ckd.models.common import MODELS, ZooModel, init_conv_bn_
 class WideBlock(nn.Module):
     """BN-ReLU-conv3x3, BN-ReLU-(dropout)-conv3x3, plus identity or 1x1-conv shortcut.
 
-    When the width changes, the shortcut conv reads the pre-activated input.
+    When the width changes, the shortcut conv reads the pre-activated input. The ReLUs are not
+    in place: ``bn1``'s output is a pre-activation tap (read by a forward hook), which an
+    in-place ReLU would overwrite with its activation.
     """
 
     def __init__(self, cin: int, cout: int, stride: int, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
-        self.relu1 = nn.ReLU(inplace=True)
+        self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU(inplace=True)
@@ -79,13 +84,14 @@ class WideResNet(ZooModel):
         self.block2 = WideStage(n, w[1], w[2], 2, drop_rate)
         self.block3 = WideStage(n, w[2], w[3], 2, drop_rate)
         self.bn1 = nn.BatchNorm2d(w[3])
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = nn.ReLU()  # not in place: bn1's output is the last stage's pre-activation tap
         self.fc = nn.Linear(w[3], num_classes)
-        # The stage features are already pre-activation; the BN that next normalises each before
-        # a ReLU (the reference's get_bn_before_relu, OFD's margins), aligned with stage_names.
-        # Names only: no parameters, no state-dict keys.
-        self.preact_names = self.stage_names
+        # The BN that next normalises each stage feature before a ReLU (the reference's
+        # get_bn_before_relu, OFD's margins), aligned with stage_names; its output is the stage's
+        # pre-activation map (the reference's preact_feats[1:]; its [0] repeats the stem conv's
+        # output, which no method reads). Names only: no parameters, no state-dict keys.
         self.preact_bn_names = (*(f"block{i}.layer.0.bn1" for i in (1, 2, 3)), "bn1")
+        self.preact_names = self.preact_bn_names
         init_conv_bn_(self)
         nn.init.zeros_(self.fc.bias)
 
@@ -101,5 +107,7 @@ def _register(name: str, depth: int, widen: int) -> None:
         return WideResNet(depth, widen, num_classes, in_channels)
 
 
-for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
+# the reference zoo's WRNs (mdistiller / the CKD code: wrn_16_4, wrn_28_2 and wrn_28_4 beside the
+# RepDistiller four)
+for _depth, _widen in ((16, 1), (16, 2), (16, 4), (28, 2), (28, 4), (40, 1), (40, 2)):
     _register(f"wrn_{_depth}_{_widen}", _depth, _widen)

@@ -40,6 +40,13 @@ def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
         d.root, d.train_split, True, masks, flip=d.flip, subset=d.train_subset, **common
     )
     val = CocoDetection(d.root, d.val_split, False, False, subset=d.val_subset, **common)
+    for key, dataset, n in (("train", train, d.train_subset), ("val", val, d.val_subset)):
+        if n is not None and n > dataset.available:
+            kept = " with a valid annotation" if key == "train" else ""
+            raise ConfigError(
+                f"data.{key}_subset={n} but {d.root!r} holds {dataset.available} {key} images"
+                f"{kept}; give at most that, or null for all"
+            )
     if train.cat_to_label != val.cat_to_label:
         raise ConfigError(f"data: {d.train_split} and {d.val_split} have different categories")
     if len(train) == 0:
