@@ -208,7 +208,7 @@ def test_fashion_mnist_missing_lists_every_place(
     with pytest.raises(D.DataNotFoundError) as e:
         D.build_dataset("fashion_mnist", str(root), train=True)
     msg = str(e.value)
-    assert "\n" not in msg and "train-images-idx3-ubyte" in msg and "download=False" in msg
+    assert "\n" not in msg and "train-images-idx3-ubyte" in msg and "data.download=true" in msg
     for folder in (str(root), f"{root}/FashionMNIST/raw", f"{root}/raw"):
         assert folder in msg
     assert places[0] not in msg  # a given root is the only place looked at

@@ -325,7 +325,7 @@ def test_a_small_training_on_a_made_folder_runs_end_to_end(tmp_path, fake_fmnist
     assert all(0 <= r["last_top1"] <= 100 for r in results.values())
     assert main(["eval", str(tmp_path / "fast" / "last.pt")]) == 0
     out = capsys.readouterr().out
-    assert "resnet8 on folder test (20 images)" in out
+    assert "resnet8 on folder test (the whole split, 20 images)" in out
     assert f"top-1 {results['fast']['last_top1']:.2f}" in out
 
 

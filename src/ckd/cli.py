@@ -49,72 +49,57 @@ def _say(msg: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ckd.config import load_config
-    from ckd.engine import Trainer
-    from ckd.engine.distributed import shutdown
+    if args.print_config:  # a dry run: the resolved config, then the check of its files
+        from ckd.config import check_files, config_yaml, load_train_config
 
-    config, overrides = args.config, list(args.overrides)
-    if Path(config).is_dir():  # a run folder: its saved config (with --resume to continue it)
-        if not (Path(config) / "config.yaml").is_file():
-            raise ConfigError(f"{config} is a folder without config.yaml")
-        overrides = [f"run.out_dir={config}", *overrides]
-        config = str(Path(config) / "config.yaml")
-    cfg = load_config(config, overrides)
-    try:
-        trainer = Trainer(cfg, resume=args.resume)
-        result = trainer.fit(stop_after=args.stop_after)
-    finally:
-        shutdown()  # leave the process group of a torchrun launch (no-op otherwise)
-    if args.json and trainer.runtime.is_main:
-        print(json.dumps(result))
+        cfg = load_train_config(args.config, args.overrides, files=False)
+        print(config_yaml(cfg), end="", flush=True)
+        check_files(cfg, data=True)  # missing data or teacher: the one-line error, exit 2
+        return 0
+    from ckd.api import train
+
+    run = train(args.config, args.overrides, resume=args.resume, stop_after=args.stop_after)
+    if args.json and run.main:
+        print(json.dumps(run.result))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
+    from ckd.tasks.classification import evaluate_checkpoint
 
-    from ckd.engine.evaluate import evaluate
-    from ckd.engine.runtime import amp_dtype, pick_device
-    from ckd.tasks.classification import checkpoint_model
-
-    model, model_name, data_name, test = checkpoint_model(
-        args.checkpoint, args.model, args.data, args.data_root, args.subset
+    found, res = evaluate_checkpoint(
+        args.checkpoint,
+        args.model,
+        args.data,
+        args.data_root,
+        args.subset,
+        args.full_test,
+        args.batch_size,
+        args.device,
+        args.amp,
     )
-    device = pick_device(args.device)
-    loader = DataLoader(test, batch_size=args.batch_size, num_workers=0)
-    res = evaluate(model.to(device), loader, device, amp_dtype(args.amp, device))
     print(
-        f"{args.checkpoint}: {model_name} on {data_name} test ({res['n']} images): "
+        f"{args.checkpoint}: {found.model_name} on {found.data_name} test ({found.test_set}): "
         f"top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  loss {res['loss']:.4f}"
     )
     if args.json:
-        print(json.dumps({"checkpoint": args.checkpoint, "model": model_name, **res}))
+        print(
+            json.dumps(
+                {
+                    "checkpoint": args.checkpoint,
+                    "model": found.model_name,
+                    **res,
+                    "test_set": found.test_set,
+                }
+            )
+        )
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ckd.config import shipped_configs
-    from ckd.data import DATASETS
-    from ckd.methods import METHODS
-    from ckd.models import MODELS, count_parameters, create_model
+    from ckd.listing import list_lines
 
-    what = args.what
-    if what in ("all", "models"):
-        print("models (parameters for 100 classes):")
-        for name in MODELS:
-            print(f"  {name:<12} {count_parameters(create_model(name, 100)):>12,}")
-    if what in ("all", "methods"):
-        print("methods (tasks they serve):")
-        for name, cls in METHODS.items():
-            print(f"  {name:<10} {cls.description}  [{cls.paper}]  ({', '.join(cls.tasks)})")
-    if what in ("all", "datasets"):
-        print("datasets:")
-        for name in DATASETS:
-            print(f"  {name}")
-    if what in ("all", "configs"):
-        print("configs (ckd train NAME):")
-        for name in shipped_configs() + shipped_configs("detection"):
-            print(f"  {name}")
+    print("\n".join(list_lines(args.what)))
     return 0
 
 
@@ -267,8 +252,21 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The top-level help's description (plain text: help texts carry no markup).
+DESCRIPTION = (
+    "ckd: Contrastive Knowledge Distillation (CKD, Zhu et al., IEEE TIP 2025) and its "
+    "baselines. Train teachers, distill students, evaluate, plot and export them."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ckd", description=__doc__.splitlines()[0])
+    """The command line's parser (it imports nothing heavy: ``ckd --help`` and every command's
+    ``--help`` answer without loading torch)."""
+    from ckd import __version__
+    from ckd.listing import SECTIONS
+
+    p = argparse.ArgumentParser(prog="ckd", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"ckd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a teacher (method vanilla) or distill a student")
@@ -284,27 +282,38 @@ def build_parser() -> argparse.ArgumentParser:
         "with --resume",
     )
     t.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    t.add_argument(
+        "--print-config",
+        action="store_true",
+        help="a dry run: check the config and print it resolved, as YAML (the run's "
+        "config.yaml); write nothing",
+    )
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a test set")
-    e.add_argument("checkpoint")
-    e.add_argument("--model", help="zoo model name (default: from the checkpoint's config)")
+    e = sub.add_parser(
+        "eval", help="top-1/top-5 of a checkpoint on its run's test set (or the whole split)"
+    )
+    e.add_argument("checkpoint", help="a checkpoint file, or a run folder (its last.pt)")
+    e.add_argument("--model", help="model name (default: from the checkpoint's config)")
     e.add_argument("--data", help="dataset name (default: from the checkpoint's config)")
     e.add_argument("--data-root", default=None)
     e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--subset", type=int, default=None, help="evaluate on N test images")
+    which = e.add_mutually_exclusive_group()
+    which.add_argument(
+        "--full-test",
+        action="store_true",
+        help="the whole test split (default: the run's own test set, its data.test_subset)",
+    )
+    which.add_argument(
+        "--subset", type=int, default=None, help="a class-balanced subset of N test images"
+    )
     e.add_argument("--device", default="auto")
     e.add_argument("--amp", default="none", choices=["auto", "none", "bf16", "fp16"])
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
     ls = sub.add_parser("list", help="models, methods, datasets and shipped configs")
-    ls.add_argument(
-        "what",
-        nargs="?",
-        default="all",
-        choices=["all", "models", "methods", "datasets", "configs"],
-    )
+    ls.add_argument("what", nargs="?", default="all", choices=SECTIONS)
     ls.set_defaults(func=_cmd_list)
 
     pl = sub.add_parser("plot", help="figures as PNG: curves, bars, corr, tsne")

@@ -18,19 +18,28 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 
+from ckd.config_files import (  # noqa: F401  (re-exported: where they were before)
+    CONFIG_DIR,
+    DETECTION_DIR,
+    MAX_BASES,
+    MAX_KEY_PARTS,
+    _merge,
+    apply_overrides,
+    config_name,
+    read_yaml,
+    resolve_config_path,
+    shipped_configs,
+)
 from ckd.errors import ConfigError, show
 from ckd.methods import METHODS, MethodOptions
-from ckd.safe_yaml import describe_yaml_error, load_yaml
 from ckd.schema import build, to_dict
-
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-"""The configs shipped with the package (``configs/`` at the repository root links here)."""
 
 
 @dataclass
@@ -128,7 +137,10 @@ class RunConfig:
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     out_dir: str | None = None  # default: runs/<config name>/seed<seed>
     tensorboard: bool = True
-    progress: bool = True  # progress bars (only on a terminal)
+    progress: bool = True  # progress bars on a terminal; elsewhere a line every progress_seconds
+    # Without a terminal (a log file, a pipe): seconds between progress lines within the metric
+    # rows (0: none).
+    progress_seconds: float = 60.0
     # Models and batches in channels_last memory format. auto: on (faster on CUDA and on the
     # CPU with oneDNN, see benchmarks/README.md).
     channels_last: bool | Literal["auto"] = "auto"
@@ -221,6 +233,10 @@ class BaseConfig:
     def check_files(self) -> None:
         """This task's checks of the files its values name."""
 
+    def check_data(self) -> None:
+        """A quick look whether the dataset's files are there (run before :meth:`check_files`
+        by ``ckd train``: missing data is the more basic problem than a missing teacher)."""
+
 
 @dataclass(kw_only=True)
 class Config(BaseConfig):
@@ -247,6 +263,7 @@ class Config(BaseConfig):
         from ckd.data import DATASETS
         from ckd.data.folder import data_options_channels
         from ckd.models import MODELS
+        from ckd.registry import UnknownNameError
 
         d = self.data
         _require(
@@ -258,10 +275,11 @@ class Config(BaseConfig):
             m = getattr(self, role)
             if m is None:
                 continue
-            _require(
-                m.name in MODELS,
-                f"{role}.name: unknown model {show(m.name)}; known: {', '.join(MODELS)}",
-            )
+            if m.name not in MODELS:
+                try:
+                    MODELS.get(m.name)  # raises the one-line error naming the known models
+                except UnknownNameError as e:
+                    raise ConfigError(f"{role}.name: {e}") from None
             if m.pretrained:
                 _require(
                     m.name.startswith(("tv:", "timm:")),
@@ -319,6 +337,13 @@ class Config(BaseConfig):
                     "which torch.compile would retrace every step; set run.compile=false"
                 )
 
+    def check_data(self) -> None:
+        from ckd.data import DATASETS
+
+        locate = DATASETS.get(self.data.name).locate
+        if locate is not None and not self.data.download:
+            locate(self.data.root)
+
     def check_files(self) -> None:
         for role in ("student", "teacher"):
             m = getattr(self, role)
@@ -327,119 +352,6 @@ class Config(BaseConfig):
                     Path(m.checkpoint).is_file(),
                     f"{role}.checkpoint: file {show(m.checkpoint)} does not exist",
                 )
-
-
-def config_name(path: str | Path) -> str:
-    """``configs/cifar100/ckd/x.yaml`` -> ``cifar100/ckd/x``; other paths -> their stem."""
-    p = Path(path).resolve()
-    for root in (CONFIG_DIR, Path.cwd() / "configs"):
-        try:
-            return str(p.relative_to(root.resolve()).with_suffix(""))
-        except ValueError:
-            continue
-    return p.stem
-
-
-def resolve_config_path(name: str | Path) -> Path:
-    """A path to a YAML file, or a shipped config's name (``fashion_mnist/ckd``)."""
-    p = Path(name)
-    if p.is_file():
-        return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / p.with_suffix(".yaml")):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"config {show(str(name))} not found: not a file, nor a shipped config "
-        "(see `ckd list configs`)"
-    )
-
-
-DETECTION_DIR = "detection"
-"""The folder of ``CONFIG_DIR`` holding the detection configs (``task: detection``)."""
-
-
-def shipped_configs(task: Literal["classification", "detection"] = "classification") -> list[str]:
-    """Names of the shipped configs of one task (files whose name starts with ``_`` are bases,
-    not listed); the detection ones live under ``detection/``."""
-    files = [p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_")]
-    names = sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in files)
-    detection = [n for n in names if n.split("/", 1)[0] == DETECTION_DIR]
-    return detection if task == "detection" else [n for n in names if n not in detection]
-
-
-#: Most ``_base_`` files a config may chain.
-MAX_BASES = 32
-
-
-def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A config file's mapping, its ``_base_`` files merged under it (see :mod:`ckd.safe_yaml`
-    for what is refused)."""
-    if path in seen:
-        raise ConfigError(f"{path}: _base_ cycle")
-    if len(seen) >= MAX_BASES:
-        raise ConfigError(f"{path}: more than {MAX_BASES} _base_ files in a chain")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
-        ) from None
-    try:
-        data = load_yaml(text, str(path))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML{describe_yaml_error(e)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: _base_ must be a file name; got {show(base)}")
-    return _merge(read_yaml((path.parent / base).resolve(), (*seen, path)), data)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-_OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.S)
-#: Most dotted parts of an override's key (a config nests 4 or 5 deep).
-MAX_KEY_PARTS = 16
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``null``),
-    with the limits of :mod:`ckd.safe_yaml`; text that is not valid YAML is taken as a string."""
-    data = _merge({}, data)
-    for item in overrides:
-        m = _OVERRIDE.match(item)
-        if not m:
-            raise ConfigError(f"bad override {show(item)}; expected key.path=value")
-        keys, raw = m.group(1).split("."), m.group(2)
-        if len(keys) > MAX_KEY_PARTS:
-            raise ConfigError(
-                f"override {show(m.group(1))}: more than {MAX_KEY_PARTS} dotted parts"
-            )
-        try:
-            value = load_yaml(raw, f"override {m.group(1)}") if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        for k in keys[:-1]:
-            if not isinstance(node.get(k), dict):
-                node[k] = {}
-            node = node[k]
-        node[keys[-1]] = value
-    return data
 
 
 def method_from_dict(
@@ -515,14 +427,49 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> BaseConfig:
-    """Read, merge, override and validate a config file (or a shipped config's name)."""
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, files: bool = True
+) -> BaseConfig:
+    """Read, merge, override and validate a config file (or a shipped config's name);
+    ``files``: also check the files it names."""
     p = resolve_config_path(path)
     data = apply_overrides(read_yaml(p.resolve()), overrides or [])
     data.pop("source", None)
-    cfg = config_from_dict(data)
+    cfg = config_from_dict(data, files=files)
     cfg.source = str(p)
     return cfg
+
+
+def load_train_config(
+    config: str | os.PathLike[str] | Mapping[str, Any],
+    overrides: Sequence[str] | str = (),
+    files: bool = True,
+) -> BaseConfig:
+    """The config ``ckd train`` (and ``ckd.train``) runs: a YAML file or a shipped config's name
+    with ``overrides``; a run folder: its saved ``config.yaml`` with ``run.out_dir`` set to the
+    folder (to continue it with resume, or see what it ran); or a mapping of the sections,
+    ``overrides`` applied over it. ``files``: also check the files it names."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    if isinstance(config, Mapping):
+        cfg = config_from_dict(apply_overrides(dict(config), overrides), files=False)
+    else:
+        if Path(config).is_dir():
+            if not (Path(config) / "config.yaml").is_file():
+                raise ConfigError(f"{config} is a folder without config.yaml")
+            overrides = [f"run.out_dir={config}", *overrides]
+            config = Path(config) / "config.yaml"
+        cfg = load_config(config, overrides, files=False)
+    if files:
+        check_files(cfg, data=True)
+    return cfg
+
+
+def config_yaml(cfg: BaseConfig) -> str:
+    """The config as the YAML a run saves (``config.yaml``), which loads back to the same
+    config; a comment says where the run would write."""
+    out = cfg.run.out_dir or f"{cfg.default_out_dir()} (the default)"
+    head = f"# {cfg.source or 'config'} resolved; run folder {out}\n"
+    return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -617,6 +564,10 @@ def validate(cfg: BaseConfig) -> None:
         re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
         f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
     )
+    _require(
+        r.progress_seconds >= 0,
+        f"run.progress_seconds must be >= 0 (0: no progress lines); got {show(r.progress_seconds)}",
+    )
     for key in ("eval_every", "checkpoint_every", "log_every"):
         v = getattr(r, key)
         _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {show(v)}")
@@ -660,9 +611,12 @@ def teacher_given(teacher: Any) -> bool:
     )
 
 
-def check_files(cfg: BaseConfig) -> None:
-    """The checks of the files a (value-checked) config names: ``run.out_dir`` a folder (or
-    absent) whose existing parent is a folder, then the task's."""
+def check_files(cfg: BaseConfig, data: bool = False) -> None:
+    """The checks of the files a (value-checked) config names: ``data``: first whether the
+    dataset's files are there; ``run.out_dir`` a folder (or absent) whose existing parent is a
+    folder, then the task's."""
+    if data:
+        cfg.check_data()
     out_dir = cfg.run.out_dir
     if out_dir is not None:
         out = Path(out_dir)

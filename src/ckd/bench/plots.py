@@ -3,43 +3,68 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ckd.engine.metrics import read_metrics
 
 
 def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
-    """Test top-1 and every training loss term per epoch, one line per run."""
+    """Write :func:`curves_figure` of ``runs`` to ``out`` (PNG)."""
+    return _save(curves_figure(runs, labels), out)  # selects matplotlib's file-only backend
+
+
+def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
+    """Test top-1 and every training loss term per epoch: one colour per run, the same in both
+    panels, and a line style per term. The terms are plotted as they enter the loss (weighted),
+    and labelled so: ``ckd x 10`` (its ``w_ckd`` from the run's ``config.yaml``), or
+    ``dkd (weighted)`` for a term with no single weight. Runs of few rows get markers, so a
+    one-epoch run shows as points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = labels or [r.parent.name if r.name.startswith("seed") else r.name for r in runs]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for run, label in zip(runs, labels, strict=True):
-        rows = read_metrics(run)  # a torn last line (a power cut) is left out
+    for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        rows = read_metrics(run)
+        if not rows:
+            continue
+        style = {"color": colours[i % len(colours)], "marker": "o" if len(rows) <= 30 else None}
         tested = [r for r in rows if "test_top1" in r]
-        if tested:
-            acc_ax.plot([r["epoch"] for r in tested], [r["test_top1"] for r in tested], label=label)
-        terms = dict.fromkeys(k for r in rows for k in r if k.startswith("train_"))
-        for term in [k for k in terms if k not in _NOT_LOSSES]:
-            have = [r for r in rows if term in r]
+        acc_ax.plot([r["epoch"] for r in tested], [r["test_top1"] for r in tested], **style)
+        acc_ax.plot([], [], label=label, **style)  # one legend entry per run
+        weights = term_weights(run)
+        terms = [k for k in dict.fromkeys(k for r in rows for k in r) if _is_loss(k)]
+        for j, term in enumerate(terms):
+            points = [(r["epoch"], r[term]) for r in rows if term in r]
             loss_ax.plot(
-                [r["epoch"] for r in have], [r[term] for r in have], label=f"{label}: {term[6:]}"
+                *zip(*points, strict=True),
+                linestyle=LINE_STYLES[j % len(LINE_STYLES)],
+                label=f"{label}: {weighted(term[6:], weights)}",
+                **style,
             )
     acc_ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss terms", yscale="log")
+    loss_ax.set(
+        xlabel="epoch",
+        ylabel="weighted loss",
+        title="training loss terms, as weighted in the loss",
+        yscale="log",
+    )
     acc_ax.grid(alpha=0.3)
     loss_ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=8)
     loss_ax.legend(fontsize=7)
-    return _save(fig, out)
+    fig.tight_layout()
+    return fig
 
 
 _NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
 
 
-def _save(fig, out: Path) -> Path:
+def _save(fig: Any, out: Path) -> Path:
+    """Write ``fig`` to ``out`` (PNG) and close it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -47,6 +72,35 @@ def _save(fig, out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _is_loss(key: str) -> bool:
+    return key.startswith("train_") and key not in _NOT_LOSSES
+
+
+def term_weights(run: Path) -> dict[str, float]:
+    """``{term: weight}`` of a run's method(s), from its ``config.yaml``: each ``w_<term>``
+    option, taken from the first method that has it (as the loss takes the term)."""
+    from ckd.safe_yaml import load_yaml
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        return {}
+    method = (load_yaml(path.read_text(), str(path)) or {}).get("method") or {}
+    weights: dict[str, float] = {}
+    for part in [method, *(method.get("also") or [])]:
+        for key, value in part.items():
+            if key.startswith("w_") and isinstance(value, int | float):
+                weights.setdefault(key[2:], float(value))
+    return weights
+
+
+def weighted(term: str, weights: dict[str, float]) -> str:
+    """A loss term's label: ``ckd x 10`` with its weight, else ``dkd (weighted)``."""
+    return f"{term} x {weights[term]:g}" if term in weights else f"{term} (weighted)"
 
 
 def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:

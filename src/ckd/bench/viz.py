@@ -137,7 +137,9 @@ def plot_command(
     dev = pick_device(device)
 
     def outputs(path: str, name: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, str]:
-        net, model_name, data_name, test = checkpoint_model(path, name, data, data_root)
+        net, model_name, data_name, test, _ = checkpoint_model(
+            path, name, data, data_root, full_test=True
+        )
         loader = DataLoader(test, batch_size=batch_size, num_workers=0)
         return (*collect_outputs(net.to(dev), loader, dev, subset), model_name, data_name)
 

@@ -12,12 +12,16 @@ and image size from the data config and the files: its spec has a ``configure`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from ckd.errors import cut
 from ckd.registry import Registry
 
 
@@ -29,6 +33,32 @@ class DataNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError would prefix "[Errno ...]" for 2 args
         return str(self.args[0]) if self.args else ""
+
+
+@contextlib.contextmanager
+def download_into(name: str, folder: str | Path, offline: str) -> Iterator[Path]:
+    """Around a torchvision download into ``folder``: a failure (offline, a server error, a bad
+    archive) becomes one :class:`DataNotFoundError` line (``offline``: what to do without a
+    network), and what the download made is removed: the folders it created (``folder`` and
+    any missing parents) or, in a folder that was there, the entries it added."""
+    target = Path(folder).expanduser()
+    created = next((p for p in reversed([target, *target.parents]) if not p.exists()), None)
+    before = set(target.iterdir()) if target.is_dir() else set()
+    try:
+        yield target
+    except Exception as e:  # noqa: BLE001 - whatever failed, the download did not happen
+        reason = " ".join(str(e).split()) or type(e).__name__
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif target.is_dir():
+            for entry in set(target.iterdir()) - before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise DataNotFoundError(
+            f"{name}: the download into {target} failed ({cut(reason, 300)}); {offline}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -55,7 +85,8 @@ Builder = Callable[[str | None, bool, bool, bool, bool], Dataset]
 class DatasetSpec:
     """What :data:`DATASETS` holds per name: the dataset's info and its builder.
 
-    ``build(root, train, augment, download, verify)`` returns the dataset. A configurable
+    ``build(root, train, augment, download, verify)`` returns the dataset, ``locate(root)``
+    says early when its files are missing. A configurable
     dataset registers ``info=None`` and ``configure(data_config) -> DatasetSpec``, which reads
     the config's fields (``root``, ``image_size``, ...) and returns the concrete spec.
     """
@@ -63,6 +94,9 @@ class DatasetSpec:
     info: DatasetInfo | None
     build: Builder
     configure: Callable[[Any], DatasetSpec] | None = None
+    #: ``locate(root)``: a quick look (no reading) whether the files are there, raising
+    #: :class:`DataNotFoundError` as ``build`` would; None: no such look.
+    locate: Callable[[str | None], object] | None = None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")

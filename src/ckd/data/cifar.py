@@ -26,7 +26,14 @@ from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 from torchvision.datasets.vision import VisionDataset
 
-from ckd.data.base import DATASETS, Builder, DataNotFoundError, DatasetInfo, DatasetSpec
+from ckd.data.base import (
+    DATASETS,
+    Builder,
+    DataNotFoundError,
+    DatasetInfo,
+    DatasetSpec,
+    download_into,
+)
 from ckd.data.safe_pickle import load_data_pickle
 from ckd.data.transforms import cifar_transform
 from ckd.errors import DataError
@@ -103,7 +110,12 @@ class _SafeCIFAR:
         VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
         self.train = train
         if download:
-            self.download()  # torchvision's: fetches and checks the archive's md5, extracts
+            offline = (
+                f"offline, put the extracted python-version archive there ({self.base_folder}/) "
+                "and set data.download=false"
+            )
+            with download_into(type(self).__name__.lower(), self.root, offline):
+                self.download()  # torchvision's: fetches and checks the archive's md5, extracts
         folder = Path(self.root) / self.base_folder
         files = self.train_list if train else self.test_list
         entries = [self._read(folder / name, md5, verify) for name, md5 in files]
@@ -169,14 +181,18 @@ def _check_files(cls: type[_SafeCIFAR], name: str, root: str | None) -> Path:
     """Return ``root`` as a Path, or raise DataNotFoundError naming what is missing."""
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     layout = f"{cls.base_folder}/{{{','.join(files)}}}"
+    fetch = "or set data.download=true to fetch it (online)"
     if root is None:
-        raise DataNotFoundError(f"{name}: a data root is required (a folder containing {layout})")
+        raise DataNotFoundError(
+            f"{name}: a data root is required: data.root=DIR, a folder containing {layout} "
+            f"({fetch} into DIR)"
+        )
     folder = Path(root).expanduser() / cls.base_folder
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise DataNotFoundError(
             f"{name}: no dataset at {folder} (missing {', '.join(missing)}); "
-            f"expected ROOT/{layout}, the extracted python-version archive"
+            f"expected ROOT/{layout}, the extracted python-version archive, {fetch}"
         )
     return Path(root).expanduser()
 
@@ -200,5 +216,12 @@ def _builder(cls: type[_SafeCIFAR], info: DatasetInfo) -> Builder:
     return build
 
 
-DATASETS.register("cifar100")(DatasetSpec(CIFAR100_INFO, _builder(CIFAR100, CIFAR100_INFO)))
-DATASETS.register("cifar10")(DatasetSpec(CIFAR10_INFO, _builder(CIFAR10, CIFAR10_INFO)))
+def _spec(cls: type[_SafeCIFAR], info: DatasetInfo) -> DatasetSpec:
+    def locate(root: str | None) -> None:
+        _check_files(cls, info.name, root)
+
+    return DatasetSpec(info, _builder(cls, info), locate=locate)
+
+
+DATASETS.register("cifar100")(_spec(CIFAR100, CIFAR100_INFO))
+DATASETS.register("cifar10")(_spec(CIFAR10, CIFAR10_INFO))

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetSpec
+from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetSpec, download_into
 from ckd.data.idx import read_idx
 from ckd.data.transforms import Transform, fashion_mnist_transform
 from ckd.errors import DataError
@@ -99,6 +99,24 @@ def locate_fashion_mnist(
     return None, tried
 
 
+def not_found(train: bool, tried: list[Path]) -> DataNotFoundError:
+    """The one line saying that a split's files are not in the folders ``tried``."""
+    names = " + ".join(f"{n}[.gz]" for n in split_files(train))
+    return DataNotFoundError(
+        f"fashion_mnist: {names} not found; tried {', '.join(map(str, tried))}; give "
+        "data.root=DIR holding the IDX files, install Debian's dataset-fashion-mnist, or set "
+        "data.download=true to fetch them (online)"
+    )
+
+
+def locate(root: str | None) -> None:
+    """Raise :func:`not_found` when a split's files are not where they are looked for."""
+    for train in (True, False):
+        found, tried = locate_fashion_mnist(root, train)
+        if found is None:
+            raise not_found(train, tried)
+
+
 def _download(root: Path, train: bool) -> None:
     from torchvision import datasets
 
@@ -119,22 +137,15 @@ def load_fashion_mnist(
         DataError: a file is truncated, corrupt or not Fashion-MNIST's.
     """
     found, tried = locate_fashion_mnist(root, train, search_paths)
-    problem = "download=False"
     if found is None and download:
         target = Path(root).expanduser() if root is not None else Path("data")
-        try:
+        offline = "offline, give data.root=DIR holding the IDX files and data.download=false"
+        with download_into("fashion_mnist", target, offline):
             _download(target, train)
-        except Exception as e:  # noqa: BLE001 - any failure becomes "not found"
-            problem = f"download into {target} failed: {' '.join(str(e).split())}"
         found, more = locate_fashion_mnist(target, train, search_paths=())
         tried += [p for p in more if p not in tried]
     if found is None:
-        names = " + ".join(f"{n}[.gz]" for n in split_files(train))
-        raise DataNotFoundError(
-            f"fashion_mnist: {names} not found; tried {', '.join(map(str, tried))} "
-            f"({problem}); give a root holding the IDX files or install "
-            "Debian's dataset-fashion-mnist"
-        )
+        raise not_found(train, tried)
     images, labels = read_idx(found[0]), read_idx(found[1])
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
         raise DataError(
@@ -196,4 +207,4 @@ def _build(
     return FashionMNIST(root, train=train, augment=augment, download=download)
 
 
-DATASETS.register("fashion_mnist")(DatasetSpec(FASHION_MNIST_INFO, _build))
+DATASETS.register("fashion_mnist")(DatasetSpec(FASHION_MNIST_INFO, _build, locate=locate))

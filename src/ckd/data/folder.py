@@ -269,6 +269,21 @@ def _default_size(path: str) -> int:
     return 224 if short > SMALL_MAX else 32
 
 
+def locate(root: str | None) -> Path:
+    """The folder's ``train/``, or DataNotFoundError when it is not there."""
+    if root is None:
+        raise DataNotFoundError(f"{NAME}: data.root is required ({LAYOUT})")
+    train_dir = Path(root).expanduser() / "train"
+    if not train_dir.is_dir():
+        hint = (
+            "; `ckd make-folder --out DIR` writes one from Fashion-MNIST"
+            if not train_dir.parent.exists()
+            else ""
+        )
+        raise DataNotFoundError(f"{NAME}: no folder {train_dir}; expected {LAYOUT}{hint}")
+    return train_dir
+
+
 def configure(cfg: Any) -> DatasetSpec:
     """Read the folder a data config names: its classes and split files, channels, image size
     and normalisation, as a :class:`DatasetSpec` whose ``build(root, train, augment,
@@ -280,17 +295,8 @@ def configure(cfg: Any) -> DatasetSpec:
         ConfigError: ``val_fraction`` together with a ``root/val`` folder.
     """
     o = FolderOptions.of(cfg)
-    if o.root is None:
-        raise DataNotFoundError(f"{NAME}: data.root is required ({LAYOUT})")
-    root = Path(o.root).expanduser()
-    train_dir, val_dir = root / "train", root / "val"
-    if not train_dir.is_dir():
-        hint = (
-            "; `ckd make-folder --out DIR` writes one from Fashion-MNIST"
-            if not root.exists()
-            else ""
-        )
-        raise DataNotFoundError(f"{NAME}: no folder {train_dir}; expected {LAYOUT}{hint}")
+    train_dir = locate(o.root)
+    val_dir = train_dir.parent / "val"
     classes = class_folders(train_dir)
     if not classes:
         raise DataNotFoundError(f"{NAME}: {train_dir} has no class folders; expected {LAYOUT}")
@@ -350,7 +356,7 @@ def _build_default(
     return configure(FolderOptions(root)).build(root, train, augment, download, verify)
 
 
-DATASETS.register(NAME)(DatasetSpec(None, _build_default, configure))
+DATASETS.register(NAME)(DatasetSpec(None, _build_default, configure, locate))
 
 
 FOLDER_KEYS = ("image_size", "channels", "val_fraction", "mean", "std")

@@ -21,6 +21,8 @@ normalised with the ImageNet mean/std. Items are ``(image [3, 224, 224] float32,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -28,7 +30,14 @@ from torch.utils.data import Dataset
 from torchvision import datasets
 from torchvision import transforms as T
 
-from ckd.data.base import DATASETS, Builder, DataNotFoundError, DatasetInfo, DatasetSpec
+from ckd.data.base import (
+    DATASETS,
+    Builder,
+    DataNotFoundError,
+    DatasetInfo,
+    DatasetSpec,
+    download_into,
+)
 from ckd.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,17 +124,35 @@ def _build_places365(
     with the latter)."""
     info = PLACES365_INFO
     base = Path(root).expanduser() if root is not None else None
-    if base is not None and (download or (base / "categories_places365.txt").is_file()):
+    if base is not None and (download or _torchvision_places(base)):
         small = (base / "data_256").is_dir() or (base / "val_256").is_dir() or download
-        return datasets.Places365(
-            str(base),
-            split="train-standard" if train else "val",
-            small=small,
-            download=download,
-            transform=imagenet_transform(train, augment),
-            loader=load_image,
-        )
+        offline = "offline, put the easy-format folders there and set data.download=false"
+        with download_into(info.name, base, offline) if download else contextlib.nullcontext():
+            return datasets.Places365(
+                str(base),
+                split="train-standard" if train else "val",
+                small=small,
+                download=download,
+                transform=imagenet_transform(train, augment),
+                loader=load_image,
+            )
     return _image_folder(info, _split_folder(info, root, train), train, augment)
+
+
+def _torchvision_places(base: Path) -> bool:
+    return (base / "categories_places365.txt").is_file()
+
+
+def _locate(info: DatasetInfo) -> Callable[[str | None], None]:
+    """The quick look whether the train and val folders are there."""
+
+    def locate(root: str | None) -> None:
+        if info is PLACES365_INFO and root is not None and _torchvision_places(Path(root)):
+            return
+        for train in (True, False):
+            _split_folder(info, root, train)
+
+    return locate
 
 
 _BUILDERS: dict[str, tuple[DatasetInfo, Builder]] = {
@@ -133,4 +160,4 @@ _BUILDERS: dict[str, tuple[DatasetInfo, Builder]] = {
     "places365": (PLACES365_INFO, _build_places365),
 }
 for _name, (_info, _build) in _BUILDERS.items():
-    DATASETS.register(_name)(DatasetSpec(_info, _build))
+    DATASETS.register(_name)(DatasetSpec(_info, _build, locate=_locate(_info)))

@@ -41,6 +41,7 @@ from ckd.schema import flatten
 #: (logging, paths, throughput; the number of processes is not part of the config either).
 RESUME_FREE = {
     "run.progress",
+    "run.progress_seconds",
     "run.tensorboard",
     "run.out_dir",
     "source",

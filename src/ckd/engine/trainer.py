@@ -113,6 +113,13 @@ class Window:
         self.count += 1
         self.samples += n
 
+    def running_loss(self) -> tuple[float, int, float]:
+        """(mean summed loss per micro-batch, samples, seconds) of this process since the last
+        row, the window left as it is (one host sync: for an occasional progress line)."""
+        terms = [v for (kind, _), v in self.sums.items() if kind == "term"]
+        loss = float(torch.stack(terms).sum()) / max(self.count, 1) if terms else 0.0
+        return loss, self.samples, time.perf_counter() - self.start
+
     def _follow(self, names: tuple[str, ...], device: torch.device) -> None:
         """Make ``bad`` follow the terms ``names`` (kept on the device: no sync)."""
         if names == self.bad_names:
@@ -177,6 +184,38 @@ class Window:
             window.count, window.samples = int(state["count"]), int(state["samples"])
             window.start -= float(state["seconds"])
         return window
+
+
+class ProgressLines:
+    """Progress between the metric rows when no bar is shown (output to a file or a pipe): a
+    line every ``seconds`` (``run.progress_seconds``) with the position and the running loss,
+    checked against the clock each step (no host sync: the loss is read only when a line is
+    due)."""
+
+    def __init__(self, trainer: Trainer, enabled: bool) -> None:
+        self.trainer = trainer
+        self.seconds = trainer.cfg.run.progress_seconds
+        self.enabled = enabled and self.seconds > 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A line was just printed: the next is due ``seconds`` from now."""
+        self.due = time.monotonic() + self.seconds
+
+    def tick(self, step: int, window: Window) -> None:
+        if not self.enabled or time.monotonic() < self.due:
+            return
+        self.reset()
+        t = self.trainer
+        loss, samples, seconds = window.running_loss()
+        rate = samples * t.runtime.dist.world_size / max(seconds, 1e-9)
+        o = t.cfg.optim
+        if t.by_epoch:
+            epoch, done = divmod(step, t.steps_per_epoch)
+            where = f"epoch {epoch + 1}/{o.length}, step {done}/{t.steps_per_epoch}"
+        else:
+            where = f"iter {step}/{o.length}"
+        t.echo(f"  {where}: loss {loss:.4f} since the last row, {rate:.0f} img/s")
 
 
 class Trainer:
@@ -445,6 +484,8 @@ class Trainer:
         if cfg.optim.accum_steps > 1:
             extra.append(f"{cfg.optim.accum_steps} micro-batches per step")
         self.echo(", ".join([rt.describe(), *extra]))
+        if self.folder.resume and s.step > 0:
+            self.echo(self._resuming())
         student_name, teacher_name = task.model_names()
         if d.teacher is not None and cfg.run.eval_teacher and s.teacher is None:
             s.teacher = self.evaluate(d.teacher)
@@ -461,6 +502,7 @@ class Trainer:
         last = log.row_at(s.step) if s.step >= total else None
         show = cfg.run.progress and sys.stderr.isatty() and rt.is_main
         bar = tqdm(total=total, initial=s.step, disable=not show, leave=False, dynamic_ncols=True)
+        lines = ProgressLines(self, cfg.run.progress and not show and rt.is_main)
         # the checkpoint's window holds every process's sums: rank 0 takes it over
         window = Window.restore(self._window if rt.is_main else None, rt.device)
         metrics, lr = None, self.schedule(s.step)
@@ -504,7 +546,10 @@ class Trainer:
                         if save:
                             self._save(window, best=evaluate and s.best_step == s.step)
                         self._say(row, metrics)
+                        lines.reset()
                         last = row if evaluate else last
+                    else:
+                        lines.tick(s.step, window)
                     if signum and s.step < end:
                         self._halt(signum, window, saved=save)
                     if s.step >= end:
@@ -523,6 +568,16 @@ class Trainer:
         if last is None and s.step >= total:  # no row of the end: measure the model again
             last = {f"test_{k}": v for k, v in self.evaluate(d).items()}
         return self._result(last or {}, student_name, teacher_name)
+
+    def _resuming(self) -> str:
+        """Where a resumed run continues."""
+        s, unit = self.state, self.unit
+        done = s.step // unit if s.step % unit == 0 else round(s.step / unit, 2)
+        return (
+            f"resuming from {self.folder.last}: {self.unit_name} {done}/{self.cfg.optim.length} "
+            f"done (step {s.step} of {self.schedule.total}), continuing with "
+            f"{self.unit_name} {s.step // unit + 1}"
+        )
 
     def _evaluate_student(self) -> dict[str, float]:
         """The student's metrics at this step (rank 0's BN statistics everywhere); a non-finite

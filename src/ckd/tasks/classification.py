@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -136,22 +136,44 @@ def datasets(cfg: Config) -> tuple[DatasetInfo, Any, Any]:
     return info, subset(train, d.train_subset, seed=seed), subset(test, d.test_subset, seed=seed)
 
 
+class CheckpointData(NamedTuple):
+    """What :func:`checkpoint_model` finds for a checkpoint."""
+
+    model: nn.Module
+    model_name: str
+    data_name: str
+    test: Any  # the test set chosen
+    test_set: str  # which one, in words
+
+
 def checkpoint_model(
     path: str | Path,
     model: str | None = None,
     data: str | None = None,
     data_root: str | None = None,
     test_subset: int | None = None,
-) -> tuple[nn.Module, str, str, Any]:
-    """``(model, model name, dataset name, test split)`` for a checkpoint: what its saved config
-    says (model, input normalisation, dataset), or ``model`` / ``data`` for a foreign one (a
-    reference teacher file, a torchvision ``.pth``)."""
+    full_test: bool = False,
+) -> CheckpointData:
+    """The model of a checkpoint (or a run folder's ``last.pt``) and a test set: what its saved
+    config says (model, input normalisation, dataset), or ``model`` / ``data`` for a foreign
+    one (a reference teacher file, a torchvision ``.pth``).
+
+    The test set is the run's own (its ``data.test_subset`` drawn with its ``run.seed``, as the
+    run reported on), or with ``full_test`` (or for a foreign checkpoint, or another dataset
+    than the run's) the whole test split, or with ``test_subset`` a class-balanced subset of
+    that many images (seed 0).
+    """
     from ckd.engine.checkpoint import load_checkpoint
+    from ckd.export import find_checkpoint
     from ckd.models import MODELS
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {str(path)!r} does not exist")
+    if test_subset is not None and (full_test or test_subset < 1):
+        raise ConfigError(
+            f"--subset {test_subset}: give a number of images >= 1, or --full-test, not both"
+            if full_test
+            else f"--subset must be >= 1; got {test_subset}"
+        )
+    path = find_checkpoint(path)
     try:
         ckpt = load_checkpoint(path)
     except Exception as e:  # not a checkpoint, or one weights_only refuses to unpickle
@@ -186,8 +208,50 @@ def checkpoint_model(
     )
     assert spec.info is not None
     net = build_model(model_cfg, spec.info)
-    test = subset(spec.build(root, False, False, False), test_subset)
-    return net, model_name, data_name, test
+    split = spec.build(root, False, False, False)
+    test, test_set = _test_set(split, test_subset, full_test, same_data, saved)
+    return CheckpointData(net, model_name, data_name, test, test_set)
+
+
+def _test_set(
+    split: Any, n: int | None, full: bool, same_data: bool, saved: dict[str, Any]
+) -> tuple[Any, str]:
+    """The test set :func:`checkpoint_model` evaluates on, and its description."""
+    size = len(split)
+    if n is not None:
+        chosen = subset(split, n)
+        return chosen, f"a subset, {len(chosen)} of {size} images, seed 0"
+    run_subset = (saved.get("data") or {}).get("test_subset")
+    if full or not same_data or run_subset is None or run_subset >= size:
+        return split, f"the whole split, {size} images"
+    seed = (saved.get("run") or {}).get("seed", 0)
+    chosen = subset(split, run_subset, seed=seed)
+    return chosen, (
+        f"the run's test subset, {len(chosen)} of {size} images, seed {seed}; --full-test for all"
+    )
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    model: str | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    test_subset: int | None = None,
+    full_test: bool = False,
+    batch_size: int = 256,
+    device: str = "auto",
+    amp: str = "none",
+) -> tuple[CheckpointData, dict[str, float]]:
+    """``ckd eval``: the checkpoint's model (:func:`checkpoint_model`) and its top-1, top-5,
+    loss and number of images on the test set chosen there."""
+    from ckd.engine.runtime import amp_dtype, pick_device
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1; got {batch_size}")
+    found = checkpoint_model(path, model, data, data_root, test_subset, full_test)
+    where = pick_device(device)
+    loader = DataLoader(found.test, batch_size=batch_size, num_workers=0)
+    return found, evaluate(found.model.to(where), loader, where, amp_dtype(amp, where))
 
 
 @TASKS.register("classification")
