@@ -1,16 +1,19 @@
 """Helpers several test modules share (no test module imports another): the command line's
-one-line refusals and a torchrun-like launch of processes."""
+one-line refusals, a torchrun-like launch of processes, and random-weight models saved as
+teacher files."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
 from ckd.cli import main
 from ckd.engine.distributed import shutdown
+from ckd.models import create_model
 
 # --------------------------------------------------------------------------- the command line
 
@@ -53,3 +56,27 @@ def _entry(rank: int, fn, world: int, port: int, args) -> None:
         fn(rank, *args)
     finally:
         shutdown()
+
+
+# --------------------------------------------------------------------------- training runs
+
+NOT_TERMS = {"train_loss", "train_top1", "train_time_s"}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def save_random(name: str, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random-weight 10-class, 1-channel model saved as ``{"model": state_dict}``."""
+    torch.manual_seed(seed)
+    sd = {k: v.clone() for k, v in create_model(name, 10, in_channels=1).state_dict().items()}
+    torch.save({"model": sd}, path)
+    return sd
+
+
+def assert_same_state(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():  # weights and BN buffers (running stats, counters)
+        assert torch.equal(state[key].cpu(), value), key
