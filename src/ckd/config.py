@@ -612,11 +612,10 @@ def teacher_given(teacher: Any) -> bool:
 
 
 def check_files(cfg: BaseConfig, data: bool = False) -> None:
-    """The checks of the files a (value-checked) config names: ``data``: first whether the
-    dataset's files are there; ``run.out_dir`` a folder (or absent) whose existing parent is a
-    folder, then the task's."""
-    if data:
-        cfg.check_data()
+    """The checks of the files a (value-checked) config names: ``run.out_dir`` a folder (or
+    absent) whose existing parent is a folder (where the run writes, checked first: nothing is
+    read for a run that could not be saved); ``data``: whether the dataset's files are there;
+    then the task's (a teacher checkpoint: missing data is the more basic problem)."""
     out_dir = cfg.run.out_dir
     if out_dir is not None:
         out = Path(out_dir)
@@ -625,4 +624,6 @@ def check_files(cfg: BaseConfig, data: bool = False) -> None:
             parent is None or os.path.isdir(parent),
             f"run.out_dir: {show(str(parent))} is a file, not a folder",
         )
+    if data:
+        cfg.check_data()
     cfg.check_files()
