@@ -12,6 +12,10 @@ written.
 
 A config file may start with ``_base_: other.yaml`` (relative to the file); its mapping is then
 merged over the base's, key by key.
+
+Why over 400 lines: every section's schema (data, models, method, optim, run) with its documented
+defaults and the value checks of those values sit together, so that each default is defined once and
+next to its check; reading files and overrides is :mod:`ckd.config_files`.
 """
 
 from __future__ import annotations
