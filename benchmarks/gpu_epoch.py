@@ -10,7 +10,7 @@ The data are 50,000 generated 32x32 RGB images of 100 classes in the CIFAR-100 o
 (so path (a) reads them through torchvision's CIFAR class and PIL transforms, as for the real
 data); the teacher is randomly initialised (speed does not depend on the weights). Each path
 is a real ``Trainer``: one warm-up epoch (cuDNN, allocator, compile, graph capture), then the
-timed epoch(s), training only as ``fit`` runs it (``ckd.bench.speed.train_epoch``: no
+timed epoch(s), training only as ``fit`` runs it (``ckd.bench.timing.train_epoch``: no
 evaluation). ``--paths`` takes the path names of ``ckd bench speed --variants``:
 
 - standard: PIL transforms in ``--workers`` DataLoader workers, fp32 (PyTorch's defaults,
@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from ckd.bench.speed import BenchSpec, machine, prepare, train_epoch, variant_config
+from ckd.bench.speed import BenchSpec, machine, prepare, variant_config
+from ckd.bench.timing import train_epoch
 from ckd.config import config_from_dict
 from ckd.engine import Trainer
 

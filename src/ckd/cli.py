@@ -8,6 +8,9 @@ quietly with 141, as a process killed by SIGPIPE. A run that diverges (a non-fin
 weight or evaluation) is one line and exit code 3. SIGINT and SIGTERM stop a run at the next
 step boundary with a resumable checkpoint: one line, exit code 130 or 143 (128 + the signal).
 ``key=value`` overrides may come before or after flags.
+
+Why over 400 lines: it declares the parsers of thirteen commands (their flags, defaults and help
+texts) and one short dispatch function each; what the commands do lives in the package.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ written.
 
 A config file may start with ``_base_: other.yaml`` (relative to the file); its mapping is then
 merged over the base's, key by key.
+
+Why over 400 lines: every section's schema (data, models, method, optim, run) with its documented
+defaults and the value checks of those values sit together, so that each default is defined once and
+next to its check; reading files and overrides is :mod:`ckd.config_files`.
 """
 
 from __future__ import annotations
@@ -612,11 +616,10 @@ def teacher_given(teacher: Any) -> bool:
 
 
 def check_files(cfg: BaseConfig, data: bool = False) -> None:
-    """The checks of the files a (value-checked) config names: ``data``: first whether the
-    dataset's files are there; ``run.out_dir`` a folder (or absent) whose existing parent is a
-    folder, then the task's."""
-    if data:
-        cfg.check_data()
+    """The checks of the files a (value-checked) config names: ``run.out_dir`` a folder (or
+    absent) whose existing parent is a folder (where the run writes, checked first: nothing is
+    read for a run that could not be saved); ``data``: whether the dataset's files are there;
+    then the task's (a teacher checkpoint: missing data is the more basic problem)."""
     out_dir = cfg.run.out_dir
     if out_dir is not None:
         out = Path(out_dir)
@@ -625,4 +628,6 @@ def check_files(cfg: BaseConfig, data: bool = False) -> None:
             parent is None or os.path.isdir(parent),
             f"run.out_dir: {show(str(parent))} is a file, not a folder",
         )
+    if data:
+        cfg.check_data()
     cfg.check_files()

@@ -328,7 +328,7 @@ def test_jobs_run_the_suite_in_processes_of_their_own_with_the_same_results(
 
 
 def test_bad_jobs_threads_and_mps_are_one_line_before_anything_runs(tmp_path, suite_file, capsys):
-    from ckd.bench.suite import cuda_mps
+    from ckd.bench.jobs import cuda_mps
     from ckd.cli import main
 
     for flags, message in (

@@ -33,7 +33,7 @@ from ckd.engine.checkpoint import load_checkpoint, save_atomic
 from ckd.engine.lock import LOCK_NAME, FolderLock
 from ckd.engine.metrics import MetricsLog, read_metrics
 from ckd.engine.rundir import folder_problem
-from ckd.engine.trainer import Window
+from ckd.engine.window import Window
 from ckd.errors import ConfigError, DataError
 from ckd.models import create_model
 from tests.conftest import tiny_config

@@ -9,7 +9,7 @@ from tests.conftest import tiny_config
 
 def test_progress_lines_without_a_terminal_and_the_resume_line(fake_fmnist, tmp_path, monkeypatch):
     from ckd.engine import Trainer
-    from ckd.engine.trainer import Window
+    from ckd.engine.window import Window
 
     reads = []
     running_loss = Window.running_loss

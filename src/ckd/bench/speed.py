@@ -25,20 +25,20 @@ every variant runs ``warmup`` untimed steps then ``steps`` timed steps of a new 
 variant after the other, so that a slow spell of a noisy machine hits all of them alike; the
 figures are medians over rounds, and the ratios medians of the per-round ratios. Peak memory is
 measured in a fresh process per variant.
+
+Why over 400 lines: one benchmark's variants and their configs, its interleaved rounds, its report
+and its command's argument checks; the timing and memory helpers are :mod:`ckd.bench.timing`, the
+official code's step :mod:`ckd.bench.reference`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
 import platform
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +48,18 @@ from typing import Any
 
 import torch
 
+from ckd.bench.reference import REFERENCE_METHODS, ReferenceSteps, _import_reference
+from ckd.bench.timing import (
+    StepTimer,
+    TrainerSteps,
+    _quiet,
+    interleaved_ratio,
+    loss_microbench,
+    peak_memory,
+    prime,
+    profile_table,
+    run_steps,
+)
 from ckd.config import config_from_dict
 from ckd.data import make_fake_cifar
 from ckd.engine.graphs import WARMUP_STEPS
@@ -83,8 +95,6 @@ GRAPH_VARIANTS = (
     ("fast-graphs", "kd"),
     ("cache-graphs", "kd"),
 )
-#: The official code's distiller of each method (mdistiller's names); with --reference.
-REFERENCE_METHODS = {"ckd": "CKD", "kd": "KD"}
 #: Untimed steps that compile a compiled variant, or warm up and capture a graphed one.
 PRIME_STEPS = {"compiled": 2, "graphs": WARMUP_STEPS + 2}
 
@@ -190,431 +200,6 @@ def variant_config(
     if method != "vanilla":
         cfg["teacher"] = {"name": spec.teacher, "checkpoint": str(teacher)}
     return cfg
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class TrainerSteps:
-    """A :class:`~ckd.engine.Trainer` as a timed variant: its loader's steps, its
-    ``train_step``."""
-
-    def __init__(self, trainer: Any) -> None:
-        self.trainer = trainer
-        self.device = trainer.runtime.device
-        self.steps_per_epoch = trainer.task.loader.steps_per_epoch
-
-    def batches(self, epoch: int) -> Iterator[Any]:
-        self.trainer.distiller.train()
-        return iter(self.trainer.task.loader.epoch(epoch))
-
-    def step(self, batch: Any, epoch: int, i: int) -> None:
-        t = self.trainer
-        t.train_step(batch, epoch, epoch * self.steps_per_epoch + i, t.cfg.optim.lr)
-
-
-def _import_reference(path: str) -> dict[str, Any]:
-    """The pieces of the official CKD code (a checkout at ``path``, its ``mdistiller``
-    package) that its CIFAR training step is made of."""
-    root = Path(path)
-    if not (root / "mdistiller" / "__init__.py").is_file():
-        raise ConfigError(
-            f"--reference: {path} is not a checkout of the official CKD code (no "
-            "mdistiller/__init__.py in it)"
-        )
-    sys.path.insert(0, str(root.resolve()))
-    try:
-        from mdistiller.dataset.cifar100 import CIFAR100Instance, get_cifar100_train_transform
-        from mdistiller.distillers import distiller_dict
-        from mdistiller.engine.cfg import CFG
-        from mdistiller.engine.trainer import BaseTrainer
-        from mdistiller.models import cifar_model_dict
-    except ImportError as e:
-        raise ConfigError(
-            f"--reference: the official code at {path} does not import ({e}); install its "
-            "requirements (yacs, tensorboardX, scipy) where this Python finds them, e.g. "
-            "pip install --target DIR yacs tensorboardX and PYTHONPATH=DIR"
-        ) from None
-    return {
-        "dataset": CIFAR100Instance,
-        "transform": get_cifar100_train_transform,
-        "distillers": distiller_dict,
-        "cfg": CFG,
-        "trainer": BaseTrainer,
-        "models": cifar_model_dict,
-    }
-
-
-@contextlib.contextmanager
-def _cuda_calls_stay_on_cpu(device: torch.device) -> Iterator[None]:
-    """The official step moves its batch with ``.cuda()``; on the CPU that is a no-op here."""
-    if device.type == "cuda":
-        yield
-        return
-    saved = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = saved  # type: ignore[method-assign]
-
-
-class ReferenceSteps:
-    """The official CKD code's own training step as a timed variant: its CIFAR models (the
-    teacher loaded from the same checkpoint), its distiller (``CKD`` or ``KD``, its default
-    weights), its SGD and ``BaseTrainer.train_iter`` (forward, summed loss, backward, step, its
-    loss and accuracy meters), fed by its CIFAR-100 pipeline (``CIFAR100Instance``, its
-    RandomCrop + flip + Normalize transform, a shuffled DataLoader of ``num_workers``), in
-    full precision and the contiguous layout, as it runs. Wrapped in ``DataParallel`` as its
-    ``tools/train.py`` does (a pass-through on one device)."""
-
-    def __init__(self, spec: BenchSpec, method: str, data: Path, teacher: Path) -> None:
-        from torch.utils.data import DataLoader
-
-        from ckd.engine.runtime import pick_device
-
-        ref = _import_reference(spec.reference or "")
-        self.device = pick_device(spec.device)
-        models = ref["models"]
-        for name in (spec.teacher, spec.student):
-            if name not in models:
-                raise ConfigError(f"--reference: the official code has no CIFAR model {name!r}")
-        cfg = ref["cfg"].clone()
-        cfg.DISTILLER.TYPE = REFERENCE_METHODS[method]
-        cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.LR = spec.batch_size, 0.05
-        torch.manual_seed(0)
-        teacher_net = models[spec.teacher][0](num_classes=spec.num_classes)
-        teacher_net.load_state_dict(torch.load(teacher, weights_only=True)["model"])
-        student = models[spec.student][0](num_classes=spec.num_classes)
-        distiller = ref["distillers"][cfg.DISTILLER.TYPE](student, teacher_net, cfg)
-        if self.device.type == "cuda":
-            distiller = distiller.cuda()
-        self.distiller = torch.nn.DataParallel(distiller)
-        self.trainer = ref["trainer"].__new__(ref["trainer"])  # no log folders, no writer
-        self.trainer.cfg, self.trainer.distiller = cfg, self.distiller
-        self.trainer.optimizer, _ = ref["trainer"].init_optimizer(self.trainer, cfg)
-
-        base = ref["dataset"]
-
-        class Generated(base):  # the generated files have no published md5 to check
-            train_list = [[name, None] for name, _ in base.train_list]
-            test_list = [[name, None] for name, _ in base.test_list]
-            meta = {**base.meta, "md5": None}
-
-        train = Generated(root=str(data), train=True, transform=ref["transform"]())
-        self.loader = DataLoader(
-            train, batch_size=spec.batch_size, shuffle=True, num_workers=spec.num_workers
-        )
-        self.steps_per_epoch = len(self.loader)
-        self.meters: dict[str, Any] = {}
-
-    def batches(self, epoch: int) -> Iterator[Any]:
-        from mdistiller.engine.utils import AverageMeter
-
-        self.distiller.train()
-        self.meters = {
-            k: AverageMeter() for k in ("training_time", "data_time", "losses", "top1", "top5")
-        }
-        return iter(self.loader)
-
-    def step(self, batch: Any, epoch: int, i: int) -> None:
-        with _cuda_calls_stay_on_cpu(self.device):
-            type(self.trainer).train_iter(self.trainer, batch, epoch + 1, self.meters)
-
-
-def _close(it: Iterator[Any]) -> None:
-    close = getattr(it, "close", None)
-    if close is not None:
-        close()
-
-
-class StepTimer:
-    """Where a step's time goes: input, teacher outputs (live or cached), student forward, loss
-    (the rest of the forward) and backward + optimizer. Hooks on the trainer's student and
-    teacher and wrappers around its teacher source and ``forward_train``; it synchronises CUDA
-    at each boundary, so use it for a breakdown, not for throughput."""
-
-    PARTS = ("input", "teacher", "student forward", "loss", "backward + optimizer")
-
-    def __init__(self, trainer: Any) -> None:
-        self.trainer, self.device = trainer, trainer.runtime.device
-        self.totals = dict.fromkeys(self.PARTS, 0.0)
-        self._start: dict[str, float] = {}
-        self._in_source = False
-        d = trainer.distiller
-        self._handles = [
-            d.student.register_forward_pre_hook(self._enter("student forward")),
-            d.student.register_forward_hook(self._leave("student forward")),
-        ]
-        if d.teacher is not None:
-            self._handles += [
-                d.teacher.register_forward_pre_hook(self._enter("teacher")),
-                d.teacher.register_forward_hook(self._leave("teacher")),
-            ]
-        self._forward_train = d.forward_train
-        d.forward_train = self._timed_forward  # an instance attribute: close() removes it
-
-    def now(self) -> float:
-        _sync(self.device)
-        return time.perf_counter()
-
-    def inner(self) -> float:
-        return sum(self.totals[p] for p in ("teacher", "student forward", "loss"))
-
-    def _enter(self, part: str) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            if not (part == "teacher" and self._in_source):
-                self._start[part] = self.now()
-
-        return hook
-
-    def _leave(self, part: str) -> Callable[..., None]:
-        def hook(*_: Any) -> None:
-            if part in self._start:
-                self.totals[part] += self.now() - self._start.pop(part)
-
-        return hook
-
-    def _timed_forward(self, *args: Any, **kw: Any) -> Any:
-        source = kw.get("teacher")
-        if callable(source):  # fast path: time the teacher source (live or cached) as a whole
-            kw["teacher"] = functools.partial(self._timed_source, source)
-        before = self.totals["teacher"] + self.totals["student forward"]
-        start = self.now()
-        out = self._forward_train(*args, **kw)
-        inside = self.totals["teacher"] + self.totals["student forward"] - before
-        self.totals["loss"] += self.now() - start - inside
-        return out
-
-    def _timed_source(self, source: Callable[[], Any]) -> Any:
-        start, self._in_source = self.now(), True
-        try:
-            return source()
-        finally:
-            self._in_source = False
-            self.totals["teacher"] += self.now() - start
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        del self.trainer.distiller.forward_train
-
-
-def timed_steps(variant: Any, epoch: int) -> Iterator[float]:
-    """The steps of ``epoch`` one at a time: yields the seconds each took (batch included)."""
-    it = variant.batches(epoch)
-    try:
-        for i in range(variant.steps_per_epoch):
-            start = time.perf_counter()
-            variant.step(next(it), epoch, i)
-            _sync(variant.device)
-            yield time.perf_counter() - start
-    finally:
-        _close(it)
-
-
-def interleaved_ratio(a: Any, b: Any, epochs: range, warmup: int, steps: int) -> float:
-    """Median over steps of (step time of ``a``) / (step time of ``b``), the two variants
-    taking turns step by step (order alternating): a fine-grained comparison on a noisy
-    machine."""
-    ratios = []
-    for epoch in epochs:
-        ga, gb = timed_steps(a, epoch), timed_steps(b, epoch)
-        try:
-            for _ in range(warmup):
-                next(ga), next(gb)
-            for i in range(steps):
-                if i % 2:
-                    tb, ta = next(gb), next(ga)
-                else:
-                    ta, tb = next(ga), next(gb)
-                ratios.append(ta / tb)
-        finally:
-            ga.close()
-            gb.close()
-    return statistics.median(ratios)
-
-
-def prime(variant: Any, epoch: int, n: int) -> float:
-    """``n`` untimed steps of ``epoch`` (passing over it again if it is shorter): compiles a
-    compiled variant, warms up and captures a graphed one. Returns the seconds."""
-    start, done = time.perf_counter(), 0
-    while done < n:
-        it = variant.batches(epoch)
-        try:
-            for i, batch in enumerate(it):
-                variant.step(batch, epoch, i)
-                done += 1
-                if done == n:
-                    break
-        finally:
-            _close(it)
-    _sync(variant.device)
-    return time.perf_counter() - start
-
-
-def run_steps(
-    variant: Any,
-    epoch: int,
-    warmup: int,
-    steps: int,
-    timer: StepTimer | None = None,
-    before_close: Callable[[], None] | None = None,
-) -> float:
-    """Run ``warmup`` then ``steps`` training steps of ``epoch``; seconds the timed ones took.
-    ``before_close`` is called after the steps, while the epoch's loader is still open."""
-    iters = variant.steps_per_epoch
-    if warmup + steps > iters:
-        raise ValueError(f"{warmup} + {steps} steps asked, the epoch has {iters}")
-    it = variant.batches(epoch)
-    try:
-        for i in range(warmup):
-            variant.step(next(it), epoch, i)
-        _sync(variant.device)
-        start = time.perf_counter()
-        for i in range(warmup, warmup + steps):
-            if timer is None:
-                variant.step(next(it), epoch, i)
-                continue
-            t0 = timer.now()
-            batch = next(it)
-            t1 = timer.now()
-            before = timer.inner()
-            variant.step(batch, epoch, i)
-            step = timer.now() - t1
-            timer.totals["input"] += t1 - t0
-            timer.totals["backward + optimizer"] += step - (timer.inner() - before)
-        _sync(variant.device)
-        elapsed = time.perf_counter() - start
-        if before_close is not None:
-            before_close()
-        return elapsed
-    finally:
-        _close(it)
-
-
-def train_epoch(trainer: Any, epoch: int) -> float:
-    """Seconds of one training epoch as ``Trainer.fit`` runs it (each step's
-    ``train_step``, the task's statistics and the loss terms summed on the device; no
-    evaluation, no checkpoint), the device synchronised at the end."""
-    from ckd.engine.trainer import Window
-
-    window, spe = Window(), trainer.steps_per_epoch
-    trainer.distiller.train()
-    _sync(trainer.runtime.device)
-    start = time.perf_counter()
-    for i, micro_batches in enumerate(trainer.task.loader.epoch(epoch)):
-        step = epoch * spe + i
-        done = trainer.train_step(micro_batches, epoch, step, trainer.schedule(step))
-        for mb, (logits, terms) in zip(micro_batches, done, strict=True):
-            window.add(terms, trainer.task.train_stats(logits, mb.targets), len(mb.index))
-    _sync(trainer.runtime.device)
-    return time.perf_counter() - start
-
-
-def _quiet(_msg: str) -> None:
-    pass
-
-
-def loss_microbench(batch: int, classes: int, repeats: int = 200) -> dict[str, float]:
-    """Microseconds per forward + backward of the CKD and KD losses alone, interleaved."""
-    from ckd.losses import ckd_loss, kd_loss
-
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(batch, classes, generator=g, requires_grad=True)
-    t = torch.randn(batch, classes, generator=g)
-    fns = {"ckd": lambda: ckd_loss(s, t, 1.0), "kd": lambda: kd_loss(s, t, 4.0)}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn().backward()
-            times[name].append(time.perf_counter() - start)
-            s.grad = None
-    return {k: 1e6 * statistics.median(v) for k, v in times.items()}
-
-
-def _vm_hwm_mib() -> float:
-    """This process's peak RSS (``VmHWM``; ``ru_maxrss`` would include the parent's before
-    ``exec``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _children_pss_mib() -> float:
-    """Summed proportional set size of this process's child processes (DataLoader workers)."""
-    total = 0.0
-    me = str(os.getpid())
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            if stat.read_text().rsplit(")", 1)[1].split()[1] != me:
-                continue
-            for line in (stat.parent / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) / 1024
-    return total
-
-
-def _peak_memory_child(args: dict[str, Any]) -> dict[str, Any]:
-    """Run in a fresh process: a few steps of one variant, then its peak memory: the main
-    process's peak RSS and its growth over the RSS after imports, the workers' PSS."""
-    from ckd.engine import Trainer
-
-    if args.get("threads"):
-        torch.set_num_threads(args["threads"])
-    baseline = _vm_hwm_mib()
-    cfg = config_from_dict(args["config"])
-    trainer = Trainer(cfg, echo=_quiet)
-    if trainer.runtime.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.runtime.device)
-    workers: list[float] = []
-    run_steps(
-        TrainerSteps(trainer),
-        0,
-        args["warmup"],
-        args["steps"],
-        before_close=lambda: workers.append(_children_pss_mib()),
-    )
-    peak = _vm_hwm_mib()
-    out = {"rss_mib": peak, "rss_growth_mib": peak - baseline, "workers_pss_mib": workers[0]}
-    if trainer.runtime.device.type == "cuda":
-        out["cuda_mib"] = torch.cuda.max_memory_allocated(trainer.runtime.device) / 2**20
-    return out
-
-
-def peak_memory(
-    config: dict[str, Any], warmup: int, steps: int, threads: int | None = None
-) -> dict[str, Any]:
-    """Peak memory of one variant, measured in a fresh Python process."""
-    payload = json.dumps({"config": config, "warmup": warmup, "steps": steps, "threads": threads})
-    proc = subprocess.run(
-        [sys.executable, "-m", "ckd.bench.speed", "--memory-child", payload],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": tail[:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def profile_table(trainer: Any, epoch: int, warmup: int, steps: int, rows: int = 12) -> str:
-    """torch.profiler's top operators (self CPU time) over ``steps`` steps."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    if trainer.runtime.device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    run_steps(TrainerSteps(trainer), epoch, warmup, 1)
-    with profile(activities=activities) as prof:
-        run_steps(TrainerSteps(trainer), epoch, 0, steps)
-    key = "self_cuda_time_total" if trainer.runtime.device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def bench_speed(
@@ -934,10 +519,3 @@ def _setting(v: dict[str, Any]) -> str:
     return (
         f"{v['amp']}, {'channels_last' if v['channels_last'] else 'contiguous'}{compiled}{graphs}"
     )
-
-
-if __name__ == "__main__":  # the peak-memory child process
-    if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
-        print(json.dumps(_peak_memory_child(json.loads(sys.argv[2]))))
-    else:
-        sys.exit("usage: python -m ckd.bench.speed --memory-child JSON (internal)")

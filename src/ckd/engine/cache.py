@@ -32,6 +32,10 @@ into place when complete, so an interrupted build leaves nothing that could be r
 partial builds of killed processes are removed by the next run or build of that cache.
 ``ckd cache build --force`` replaces a folder only when it holds nothing but a cache's files
 (:func:`cache_folder_problem`).
+
+Why over 400 lines: one on-disk format is written, verified and read here (manifest, checksums, the
+build with the clean-up of partial builds, the reader the trainer and ``ckd cache`` share); split,
+each half would have to know the other's layout.
 """
 
 from __future__ import annotations
