@@ -13,6 +13,7 @@ import yaml
 from ckd.cli import main
 from ckd.config import CONFIG_DIR, load_config, read_yaml, shipped_configs
 from tests.conftest import tiny_config
+from tests.helpers import run_bad
 
 
 @pytest.fixture
@@ -23,16 +24,6 @@ def cfg_file(tmp_path, fake_fmnist):
         return path
 
     return write
-
-
-def run_bad(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ckd: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

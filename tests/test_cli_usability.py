@@ -12,7 +12,7 @@ import yaml
 from ckd.cli import build_parser, main
 from ckd.config import config_from_dict, load_config
 from tests.conftest import tiny_config
-from tests.test_cli import run_bad
+from tests.helpers import run_bad
 
 
 def parsers(parser: argparse.ArgumentParser):

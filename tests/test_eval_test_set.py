@@ -10,7 +10,7 @@ import pytest
 from ckd.cli import main
 from ckd.config import config_from_dict
 from tests.conftest import tiny_config
-from tests.test_cli import run_bad
+from tests.helpers import run_bad
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,8 @@ def test_the_readme_method_distills_a_detector_on_its_rois(mse_method, tmp_path)
     from ckd.detection.shapes import make_shapes
     from ckd.detection.view import capture
     from ckd.tasks.detection import build_distiller
-    from tests.test_detection import NUM_CLASSES, random_teacher, teacher_section
-    from tests.test_detection import tiny_config as detection_config
+    from tests.detection.helpers import NUM_CLASSES, random_teacher, teacher_section
+    from tests.detection.helpers import tiny_config as detection_config
 
     shapes = make_shapes(tmp_path / "shapes", 4, 2, size=64, max_shapes=2)
     teacher = random_teacher(tmp_path, "faster_rcnn")

@@ -9,7 +9,7 @@ sections import their registries, and with them torch.
 from __future__ import annotations
 
 #: Parameters of each zoo model built for 100 classes and 3 input channels,
-#: ``count_parameters(create_model(name, 100))`` (``tests/test_cli.py`` checks every entry
+#: ``count_parameters(create_model(name, 100))`` (``tests/test_cli_usability.py`` checks every entry
 #: and that every zoo model has one; regenerate with ``python -m ckd.listing``).
 ZOO_PARAMETERS: dict[str, int] = {
     "MobileNetV1": 3309476,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import urllib.error
 from pathlib import Path
 
-from tests.test_cli import run_bad
+from tests.helpers import run_bad
 
 
 def test_fashion_mnist_not_found_says_how_to_download(capsys, tmp_path, monkeypatch):

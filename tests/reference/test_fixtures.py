@@ -1,5 +1,5 @@
 """This project computes what the official CKD code computes: its fixtures, recorded from that
-code by ``fixtures/record_reference.py`` (see there for how and on what), hold
+code by ``tests/fixtures/record_reference.py`` (see there for how and on what), hold
 
 - for every model of the reference zoo: logits, pooled embedding, stage features and the
   pre-activation features OFD and ReviewKD read;

@@ -13,7 +13,7 @@ import yaml
 from ckd.cli import main
 from ckd.detection.shapes import make_shapes
 from ckd.engine.checkpoint import load_checkpoint
-from tests.test_detection import CKD_REVIEW, teacher_section, tiny_config, tiny_model
+from tests.detection.helpers import CKD_REVIEW, teacher_section, tiny_config, tiny_model
 
 # pycocotools 2.0 with NumPy 2: a warning from inside the library, harmless
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -100,7 +100,7 @@ def test_resume_equals_an_uninterrupted_run(shapes, trained_teacher, tmp_path, c
 
 
 def _train_rank(rank: int, path: str, out: str, stop_after) -> None:
-    """One rank of a torchrun-like launch (``tests.test_distributed._launch``)."""
+    """One rank of a torchrun-like launch (``tests.helpers._launch``)."""
     torch.set_num_threads(1)
     from ckd.config import load_config
     from ckd.engine import Trainer
@@ -115,7 +115,7 @@ def test_two_processes_distill_a_detector_and_one_process_resumes(
 ):
     """Two gloo processes share each global batch of 4: identical students on both ranks, files
     from rank 0 only, loss terms averaged over ranks; a single process resumes the run."""
-    from tests.test_distributed import _launch
+    from tests.helpers import _launch
 
     out = tmp_path / "run"
     cfg = student_config(shapes, out, trained_teacher)

@@ -265,7 +265,7 @@ def test_shipped_suites_load():
 
     from ckd.bench.suite import plan
 
-    for path in sorted(Path(__file__).resolve().parents[1].glob("benchmarks/suites/*.yaml")):
+    for path in sorted(Path(__file__).resolve().parents[2].glob("benchmarks/suites/*.yaml")):
         suite = load_suite(path)
         assert plan(suite, str(path))
 

@@ -3,14 +3,11 @@ batch, the gathered CKD loss, and resuming with another number of processes."""
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ckd.config import config_from_dict
 from ckd.engine import Trainer
@@ -22,42 +19,15 @@ from ckd.engine.distributed import (
     check_split,
     my_pieces,
     shard,
-    shutdown,
 )
 from ckd.errors import ConfigError
 from ckd.losses import ckd_loss
 from tests.conftest import tiny_config
+from tests.helpers import _launch
 
 
 def quiet(_msg: str) -> None:
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(fn, world: int, *args) -> None:
-    """Run ``fn(rank, *args)`` in ``world`` processes with torchrun's environment variables."""
-    port = _free_port()
-    mp.start_processes(_entry, args=(fn, world, port, args), nprocs=world, start_method="spawn")
-
-
-def _entry(rank: int, fn, world: int, port: int, args) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    try:
-        fn(rank, *args)
-    finally:
-        shutdown()
 
 
 SMALL = {"train_subset": 128, "test_subset": 50}  # 4 steps of 32 per epoch

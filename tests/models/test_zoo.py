@@ -1,14 +1,13 @@
 """The CIFAR zoo matches the RepDistiller / mdistiller reference layer for layer.
 
-``fixtures/reference_zoo.json`` was produced by ``fixtures/make_reference_zoo.py`` from the
-reference source: state-dict layout, parameter count, and (with the same name-seeded weights
-from ``zoo_fill.fill_state``) logits and feature summaries on a fixed input.
+``tests/fixtures/reference_zoo.json`` was produced by ``tests/fixtures/make_reference_zoo.py``
+from the reference source: state-dict layout, parameter count, and (with the same name-seeded
+weights from ``zoo_fill.fill_state``) logits and feature summaries on a fixed input.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,9 @@ from ckd.models import (
     stage_features,
 )
 from ckd.registry import UnknownNameError
+from tests.zoo_fill import decode_layout, fill_state, fixed_input, named_shapes
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo_fill import decode_layout, fill_state, fixed_input, named_shapes  # noqa: E402
-
-REF = json.loads((Path(__file__).parent / "fixtures" / "reference_zoo.json").read_text())
+REF = json.loads((Path(__file__).parents[1] / "fixtures" / "reference_zoo.json").read_text())
 NAMES = sorted(REF["models"])
 NUM_CLASSES = REF["num_classes"]
 

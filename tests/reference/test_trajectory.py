@@ -1,10 +1,10 @@
 """End to end: this project's trainer trains what the reference trainer trains.
 
-``fixtures/reference/trajectory.pt`` holds the student after the reference code's own training
+``tests/fixtures/reference/trajectory.pt`` holds the student after the reference code's own training
 loop (its ``BaseTrainer``: SGD with momentum 0.9 and weight decay 5e-4 on every learnable
 tensor, its step / per-epoch cosine learning rate, ``loss = sum of the terms``) ran 24 steps
 over three epochs of the batches this project's trainer draws, from the reference's own seeded
-initialisation of the student (see ``fixtures/record_reference.py``, ``record_trajectory``).
+initialisation of the student (see ``tests/fixtures/record_reference.py``, ``record_trajectory``).
 Here ``ckd.engine.Trainer`` runs the same config (``reference_pairs.trajectory_config``: CKD and
 ReviewKD on the cosine schedule, KD and DKD on the step schedule, learning rate updated once per
 epoch, warm-ups of two epochs) from those weights, and its ``last.pt`` must hold the same student,

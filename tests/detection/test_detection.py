@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from ckd.config import CONFIG_DIR, config_from_dict, load_config, read_yaml, shipped_configs
-from ckd.detection.config import DetModelConfig
 from ckd.detection.data import CocoDetection, collate
 from ckd.detection.evaluate import STATS, evaluate_detector
 from ckd.detection.models import build_detector
@@ -20,9 +19,13 @@ from ckd.detection.view import capture
 from ckd.errors import ConfigError
 from ckd.losses import ckd_loss, dkd_loss, kd_loss
 from ckd.tasks.detection import build_distiller
-
-NUM_CLASSES = 4  # 3 shapes + background
-
+from tests.detection.helpers import (
+    CKD_REVIEW,
+    NUM_CLASSES,
+    random_teacher,
+    teacher_section,
+    tiny_config,
+)
 
 # pycocotools 2.0 with NumPy 2: a warning from inside the library, harmless
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -41,78 +44,9 @@ def shapes(tmp_path_factory) -> Path:
     return make_shapes(tmp_path_factory.mktemp("shapes"), 12, 6, size=64, max_shapes=2)
 
 
-def tiny_model(backbone: str = "resnet18", channels: int = 16, **kw) -> dict:
-    m = dict(backbone=backbone, fpn_channels=channels, representation_size=32)
-    return {**m, "mask_head_channels": 16, "trainable_layers": 5, **kw}
-
-
-def tiny_config(root: Path, out_dir: Path, method: dict, teacher: dict | None = None) -> dict:
-    """A mask_rcnn config: 64x64 images, tiny heads, a few iterations on the CPU."""
-    cfg = {
-        "task": "detection",
-        "data": {
-            "name": "shapes",
-            "root": str(root),
-            "batch_size": 2,
-            "test_batch_size": 6,
-            "num_workers": 0,
-            "generate": False,
-        },
-        "input": {"min_size": [64], "max_size": 64, "test_min_size": 64},
-        "detector": {
-            "arch": "mask_rcnn",
-            "anchor_sizes": [8, 16, 32, 64, 128],
-            "rpn_pre_nms_top_n_train": 100,
-            "rpn_post_nms_top_n_train": 50,
-            "rpn_pre_nms_top_n_test": 100,
-            "rpn_post_nms_top_n_test": 50,
-            "rpn_batch_size_per_image": 32,
-            "box_batch_size_per_image": 16,
-            "box_detections_per_img": 10,
-        },
-        "student": tiny_model("mobilenet_v2", 16, width_mult=0.25, trainable_layers=6),
-        "method": method,
-        "optim": {"iters": 4, "lr": 0.01, "milestones": [3], "warmup_iters": 1},
-        "run": {
-            "log_every": 1,
-            "eval_every": 4,
-            "checkpoint_every": 100,
-            "device": "cpu",
-            "amp": "none",
-            "out_dir": str(out_dir),
-            "tensorboard": False,
-            "progress": False,
-        },
-    }
-    if teacher is not None:
-        cfg["teacher"] = teacher
-    return cfg
-
-
-def random_teacher(folder: Path, arch: str) -> Path:
-    """A random teacher with BatchNorm (buffers to watch), saved as ``folder/<arch>.pt``."""
-    from ckd.detection.config import DetectorConfig, InputConfig
-
-    m = DetModelConfig(**tiny_model("resnet18", 32, norm="bn"))
-    size = InputConfig(min_size=[64], max_size=64, test_min_size=64)
-    torch.manual_seed(1)
-    net = build_detector(m, DetectorConfig(arch=arch), size, NUM_CLASSES)
-    torch.save({"model": net.state_dict()}, folder / f"{arch}.pt")
-    return folder / f"{arch}.pt"
-
-
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
     return random_teacher(tmp_path_factory.mktemp("teacher"), "mask_rcnn")
-
-
-def teacher_section(path: Path) -> dict:
-    return {
-        **tiny_model("resnet18", 32, norm="bn"),
-        "checkpoint": str(path),
-        "image_mean": [0.5, 0.4, 0.3],
-        "image_std": [0.2, 0.25, 0.3],
-    }
 
 
 def distiller_and_batch(
@@ -127,9 +61,6 @@ def distiller_and_batch(
     data = CocoDetection(shapes, "train2017", train=True, masks=True)
     images, targets = collate([data[0], data[1]])
     return d, images, targets
-
-
-CKD_REVIEW = {"name": "ckd", "also": [{"name": "reviewkd"}]}
 
 
 def test_roi_ckd_is_ckd_loss_of_teacher_and_student_logits_on_the_same_proposals(

@@ -1,7 +1,7 @@
 """Vision transformers (timm ViT / DeiT) as teacher or student of the logit methods, built for
 the dataset's image size; the one-line refusal of feature methods that read stage maps; the line
 a timm: name gives without timm. (The shipped ResNet -> DeiT-Tiny config is trained through
-`ckd train` and exported in test_export.py.)"""
+`ckd train` and exported in tests/test_export.py.)"""
 
 from __future__ import annotations
 
