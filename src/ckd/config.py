@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -418,6 +418,16 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
     if task not in TASKS:
         raise ConfigError(f"task: unknown task {show(task)}; known: {', '.join(TASKS)}")
     cls = TASKS.get(task).Config
+    if "task" not in data:  # a config of a release before `task:` (detection had its own stack)
+        for other, spec in TASKS.items():
+            theirs = {f.name for f in fields(spec.Config)} - {f.name for f in fields(cls)}
+            extra = sorted(k for k in data if k in theirs)
+            if extra:
+                raise ConfigError(
+                    f"{extra[0]}: a {other} section in a config without `task:`; add "
+                    f"`task: {other}` at its top (configs name their task since one engine "
+                    "serves them all)"
+                )
     data = _merge(cls.SECTION_DEFAULTS, _migrate(data, silently=saved))
     optim = data.get("optim")
     if isinstance(optim, dict) and optim.get("iters") is not None and "epochs" not in optim:

@@ -280,6 +280,15 @@ def test_bad_values_are_one_line_config_errors(shapes, tmp_path):
         config_from_dict(tiny_config(shapes, tmp_path, {"name": "ckd"}))
 
 
+def test_a_detection_config_without_its_task_key_says_to_add_it(shapes, tmp_path):
+    old = {k: v for k, v in tiny_config(shapes, tmp_path, {"name": "vanilla"}).items()}
+    old.pop("task")  # as detection configs were written before one engine served both tasks
+    with pytest.raises(ConfigError, match=r"^[^\n]+$") as e:
+        config_from_dict(old)
+    assert "add `task: detection`" in str(e.value)
+    assert config_from_dict({**old, "task": "detection"}).task == "detection"
+
+
 def test_a_subset_larger_than_the_data_is_one_line(shapes, tmp_path):
     from ckd.tasks.detection import build_datasets
 
