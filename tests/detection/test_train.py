@@ -110,6 +110,7 @@ def _train_rank(rank: int, path: str, out: str, stop_after) -> None:
     torch.save(trainer.distiller.student.state_dict(), Path(out) / f"student_rank{rank}.pt")
 
 
+@pytest.mark.slow  # two gloo processes; CI's slow job runs it
 def test_two_processes_distill_a_detector_and_one_process_resumes(
     shapes, trained_teacher, tmp_path
 ):

@@ -153,6 +153,7 @@ def runs(tmp_path_factory, fake_fmnist):
     return tmp
 
 
+@pytest.mark.slow  # two gloo processes (~15 s with their fixture); CI's slow job runs them
 def test_two_processes_end_with_identical_students(runs):
     a = torch.load(runs / "two" / "student_rank0.pt", weights_only=True)
     b = torch.load(runs / "two" / "student_rank1.pt", weights_only=True)
@@ -166,6 +167,7 @@ def _weights(state: dict) -> dict:
     return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
 
 
+@pytest.mark.slow  # two gloo processes (~15 s with their fixture); CI's slow job runs them
 def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
     two = _weights(load_checkpoint(runs / "two" / "last.pt")["model"])
     one = _weights(load_checkpoint(runs / "one" / "last.pt")["model"])
@@ -174,6 +176,7 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow  # two gloo processes (~15 s with their fixture); CI's slow job runs them
 def test_only_rank_zero_writes_and_metrics_cover_all_processes(runs):
     import json
 
@@ -196,6 +199,7 @@ def test_only_rank_zero_writes_and_metrics_cover_all_processes(runs):
         assert a["train_ckd"] == pytest.approx(b["train_ckd"], rel=1e-3)
 
 
+@pytest.mark.slow  # two gloo processes (~15 s with their fixture); CI's slow job runs them
 def test_two_process_run_resumed_by_one_process_ends_where_two_do(runs):
     resumed = load_checkpoint(runs / "split" / "last.pt")
     straight = load_checkpoint(runs / "two" / "last.pt")
