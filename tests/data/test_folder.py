@@ -294,6 +294,13 @@ def test_make_folder_writes_the_layout_and_refuses_to_overwrite(tmp_path, fake_f
     assert sorted(str(p) for p in out.rglob("*")) == before
     assert main([*args, "--train-per-class", "1", "--val-per-class", "1", "--force"]) == 0
     assert len(list((out / "train").rglob("*.png"))) == 10
+    # --force replaces only what make-folder wrote: a folder of the user's stays as it was
+    mine = tmp_path / "mine"
+    (mine / "train").mkdir(parents=True)
+    (mine / "thesis.tex").write_text("mine")
+    assert main(["make-folder", "--out", str(mine), "--source", str(fake_fmnist), "--force"]) == 2
+    assert "not written by ckd make-folder" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex", "train"]
     assert main(["make-folder", "--out", str(tmp_path / "x"), "--val-per-class", "0"]) == 2
     assert not (tmp_path / "x").exists()
 

@@ -10,11 +10,13 @@ sample of the real Fashion-MNIST as 28x28 greyscale PNGs in the layout of
 Class folders are the class names with ``/`` and spaces made ``_`` (``T-shirt_top``,
 ``Ankle_boot``, ...); ``<index>`` is the image's position in its IDX file. The sample is drawn
 with ``seed``. The folder is written beside ``out`` and renamed into place at the end, so an
-interrupted run leaves no half-written ``out``.
+interrupted run leaves no half-written ``out``. It holds a marker file (:data:`MARKER`):
+``--force`` replaces only a folder that has it (one this command wrote), never another.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +25,17 @@ from PIL import Image
 
 from ckd.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from ckd.errors import ConfigError
+
+#: The file that says a folder was written by ``ckd make-folder`` (what ``--force`` may replace).
+MARKER = ".ckd-make-folder"
+
+
+def _made_here(path: Path) -> bool:
+    """Whether ``path`` is a folder this command wrote: its marker, and nothing but ``train/``
+    and ``val/`` beside it."""
+    if not path.is_dir() or path.is_symlink() or not (path / MARKER).is_file():
+        return False
+    return {p.name for p in path.iterdir()} <= {MARKER, "train", "val"}
 
 
 def class_folder_name(name: str) -> str:
@@ -49,8 +62,18 @@ def make_fashion_mnist_folder(
         if value < 1:
             raise ConfigError(f"--{key} must be >= 1; got {value}")
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
-        raise ConfigError(f"{out} already exists; give another --out, or --force to replace it")
+    empty = out.is_dir() and not out.is_symlink() and not any(out.iterdir())
+    if os.path.lexists(out) and not empty:
+        if not force:
+            raise ConfigError(f"{out} already exists; give another --out, or --force to replace it")
+        if not _made_here(out):
+            raise ConfigError(
+                f"{out} was not written by ckd make-folder (no {MARKER} in it): --force replaces "
+                "only such a folder; give another --out"
+            )
+    tmp = out.with_name(f".{out.name}.partial")
+    if os.path.lexists(tmp) and not _made_here(tmp):
+        raise ConfigError(f"{tmp} is in the way and was not written by ckd make-folder; move it")
     rng = np.random.default_rng(seed)
     splits = {}
     for split, train, per_class in (
@@ -64,9 +87,10 @@ def make_fashion_mnist_folder(
             members = np.flatnonzero(labels == c)
             chosen.append(np.sort(rng.permutation(members)[:per_class]))
         splits[split] = (images.numpy(), labels, chosen)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier run's (checked above)
     try:
+        tmp.mkdir(parents=True)
+        (tmp / MARKER).write_text("written by ckd make-folder; --force may replace this folder\n")
         for split, (images, _, chosen) in splits.items():
             for c, indices in enumerate(chosen):
                 folder = tmp / split / class_folder_name(FASHION_MNIST_CLASSES[c])
@@ -74,7 +98,10 @@ def make_fashion_mnist_folder(
                 for i in indices:
                     Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
         if out.exists():
-            shutil.rmtree(out)
+            if empty:
+                out.rmdir()
+            else:
+                shutil.rmtree(out)  # ckd make-folder's own (checked above)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
