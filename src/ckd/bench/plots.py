@@ -10,7 +10,7 @@ from ckd.engine.metrics import read_metrics
 
 def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
     """Write :func:`curves_figure` of ``runs`` to ``out`` (PNG)."""
-    return _save(curves_figure(runs, labels), out)  # selects matplotlib's file-only backend
+    return save_figure(curves_figure(runs, labels), out)  # selects matplotlib's file-only backend
 
 
 def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
@@ -63,7 +63,7 @@ def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
 _NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
 
 
-def _save(fig: Any, out: Path) -> Path:
+def save_figure(fig: Any, out: Path) -> Path:
     """Write ``fig`` to ``out`` (PNG) and close it."""
     import matplotlib.pyplot as plt
 
@@ -131,7 +131,7 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
     ax.set_ylim(low - pad, high + pad)
     ax.set(ylabel="last-epoch test top-1 (%)", title=title or "mean ± std over seeds")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_differences(found: list, out: Path, title: str = "") -> Path:
@@ -164,7 +164,7 @@ def plot_differences(found: list, out: Path, title: str = "") -> Path:
         title=title or "paired differences",
     )
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def bars_command(runs: list[Path], out: Path) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ckd.bench.plots import save_figure
 from ckd.models.features import stage_features
 
 
@@ -66,11 +67,7 @@ def plot_correlation_difference(diff: np.ndarray, out: Path, title: str = "") ->
         ylabel="class",
         title=f"{title}\nmean |diff| = {diff.mean():.4f}, max = {diff.max():.3f}",
     )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_tsne(
@@ -107,11 +104,7 @@ def plot_tsne(
     if len(classes) <= 20:
         ax.legend(markerscale=3, fontsize=7, loc="best")
     ax.set(xticks=[], yticks=[], title=title or "t-SNE of student embeddings")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_command(
