@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.data import make_fake_fashion_mnist
 
 torch.set_num_threads(2)

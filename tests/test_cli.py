@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from ckd.cli import main
-from ckd.config import CONFIG_DIR, load_config, read_yaml, shipped_configs
+from ckd.config import load_config
+from ckd.config_files import CONFIG_DIR, read_yaml, shipped_configs
 from tests.conftest import tiny_config
 from tests.helpers import run_bad
 

@@ -14,9 +14,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckd.config import Config, DataConfig, ModelConfig, OptimConfig, RunConfig, load_config
-from ckd.detection.config import DetDataConfig, DetectorConfig, DetModelConfig, InputConfig
+from ckd.config import OptimConfig, RunConfig, load_config
+from ckd.data import FolderOptions
 from ckd.errors import ConfigError
+from ckd.tasks.classification import ClassificationConfig as Config
+from ckd.tasks.classification import DataConfig, ModelConfig
+from ckd.tasks.detection.config import DetDataConfig, DetectorConfig, DetModelConfig, InputConfig
 
 #: A billion-laughs document (under the 515 bytes of the issue): 10**9 strings once expanded.
 BOMB = "\n".join(
@@ -130,7 +133,8 @@ SECTIONS = {
     "optim": OptimConfig,
     "run": RunConfig,
 }
-KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)] + [
+KEYS = [(s, f.name) for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+KEYS += [("data", f.name) for f in dataclasses.fields(FolderOptions)] + [
     ("method", k) for k in ("name", "w_ce", "w_ckd", "temperature", "negatives", "also")
 ]
 scalars = (

@@ -13,11 +13,10 @@ import torch
 
 import ckd.export as export_module
 from ckd.cli import main
-from ckd.config import ModelConfig
 from ckd.data import make_fake_image_folder
-from ckd.export import TOLERANCE, load_student
+from ckd.export import TOLERANCE
 from ckd.models import create_model
-from ckd.tasks.classification import build_model
+from ckd.tasks.classification import ModelConfig, build_model, load_student
 
 COMMON = [
     "optim.epochs=1",

@@ -66,11 +66,11 @@ def test_the_readme_method_trains_a_classifier(mse_method, fake_fmnist, tmp_path
 
 
 def test_the_readme_method_distills_a_detector_on_its_rois(mse_method, tmp_path):
-    from ckd.detection.shapes import make_shapes
-    from ckd.detection.view import capture
-    from ckd.tasks.detection import build_distiller
-    from tests.detection.helpers import NUM_CLASSES, random_teacher, teacher_section
-    from tests.detection.helpers import tiny_config as detection_config
+    from ckd.tasks.detection.shapes import make_shapes
+    from ckd.tasks.detection.task import build_distiller
+    from ckd.tasks.detection.view import capture
+    from tests.tasks.detection.helpers import NUM_CLASSES, random_teacher, teacher_section
+    from tests.tasks.detection.helpers import tiny_config as detection_config
 
     shapes = make_shapes(tmp_path / "shapes", 4, 2, size=64, max_shapes=2)
     teacher = random_teacher(tmp_path, "faster_rcnn")
@@ -81,7 +81,7 @@ def test_the_readme_method_distills_a_detector_on_its_rois(mse_method, tmp_path)
     torch.manual_seed(0)
     d = build_distiller(cfg, NUM_CLASSES, 4)
     d.train()
-    from ckd.detection.data import CocoDetection, collate
+    from ckd.tasks.detection.data import CocoDetection, collate
 
     data = CocoDetection(shapes, "train2017", train=True)
     images, targets = collate([data[0], data[1]])

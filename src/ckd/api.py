@@ -10,6 +10,8 @@
     ckd.evaluate(run.out_dir)           # top-1 / top-5 on the run's own test set
     student = ckd.load_student("runs/fashion_mnist/ckd/seed0")           # later, from its files
 
+``ckd.build_cache`` builds a run's teacher-output cache as ``ckd cache build`` does.
+
 Everything goes through what ``ckd train`` / ``ckd eval`` run (the same config checks, run
 folder, checkpoints and test sets); a bad input raises the exception whose one-line message
 the command line prints (:class:`~ckd.errors.ConfigError`, ``FileNotFoundError``, ...).
@@ -22,14 +24,18 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from torch import nn
+from torch import nn
 
-    from ckd.config import BaseConfig
-    from ckd.data import DatasetInfo
-    from ckd.export import Student
+import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
+from ckd.config import BaseConfig, load_train_config
+from ckd.data import DatasetInfo
+from ckd.engine import Trainer
+from ckd.engine.distributed import shutdown
+from ckd.engine.teacher import build_teacher_cache
+from ckd.tasks.classification import Student, evaluate_checkpoint
+from ckd.tasks.classification import load_student as load
 
 #: What :func:`train` takes as a config: a YAML file, a shipped config's name
 #: (``"fashion_mnist/ckd"``), a run folder (its saved ``config.yaml``) or a mapping.
@@ -56,8 +62,6 @@ class Run:
 
     @functools.cached_property
     def _loaded(self) -> Student:
-        from ckd.export import load_student as load
-
         return load(self.checkpoint)
 
     @property
@@ -105,10 +109,6 @@ def train(
         ConfigError, RunDirError, DataError, CheckpointError, FileNotFoundError: bad input,
             before anything is written.
     """
-    from ckd.config import load_train_config
-    from ckd.engine import Trainer
-    from ckd.engine.distributed import shutdown
-
     cfg = load_train_config(config, overrides)
     say = (lambda _line: None) if quiet else (echo or functools.partial(print, flush=True))
     try:
@@ -123,8 +123,6 @@ def train(
 def load_student(source: str | os.PathLike[str]) -> nn.Module:
     """The trained student of a run folder (its ``last.pt``) or of a checkpoint of a run, in
     eval mode on the CPU, with its input-normalisation wrapper (see :attr:`Run.student`)."""
-    from ckd.export import load_student as load
-
     return load(source).model
 
 
@@ -145,8 +143,6 @@ def evaluate(
     that many images. Returns ``{"top1", "top5", "loss", "n", "test_set"}`` (``test_set``:
     which set, in words).
     """
-    from ckd.tasks.classification import evaluate_checkpoint
-
     found, metrics = evaluate_checkpoint(
         source,
         data_root=data_root,
@@ -157,3 +153,24 @@ def evaluate(
         amp=amp,
     )
     return {**metrics, "test_set": found.test_set}
+
+
+def build_cache(
+    config: ConfigSource,
+    overrides: Sequence[str] | str = (),
+    *,
+    out: str | os.PathLike[str] | None = None,
+    features: bool = False,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """Build (or find up to date) the teacher-output cache of a config's run, as ``ckd cache
+    build`` does: the config with ``data.loader=fast`` and, with ``out``, ``run.teacher_cache``
+    set to it; ``features``: also the teacher's features; ``force``: replace a cache (or a
+    partial build of one) that is in the folder. Returns the line that says what was done."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    overrides.append("data.loader=fast")
+    if out is not None:
+        overrides.append(f"run.teacher_cache={os.fspath(out)}")
+    cfg = load_train_config(config, overrides)
+    return build_teacher_cache(cfg, features, force, echo)

@@ -22,27 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from ckd.errors import (
-    EXIT_DIVERGED,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    Diverged,
-    Interrupted,
-    RunDirError,
-    one_line,
-)
-from ckd.registry import UnknownNameError
+from ckd.errors import EXIT_DIVERGED, USER_ERRORS, ConfigError, Diverged, Interrupted, one_line
 from ckd.signals import terminate_as_interrupt
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    RunDirError,
-    UnknownNameError,
-    DataError,
-    CheckpointError,
-    FileNotFoundError,  # includes ckd.data.DataNotFoundError
-)
 #: OS errors of a full disk, as the one line they give.
 DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
@@ -53,6 +35,7 @@ def _say(msg: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:  # a dry run: the resolved config, then the check of its files
+        import ckd.tasks  # noqa: F401  (deferred, as every import here: `ckd --help` stays fast)
         from ckd.config import check_files, config_yaml, load_train_config
 
         cfg = load_train_config(args.config, args.overrides, files=False)
@@ -166,7 +149,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"ckd: note: `ckd bench SUITE` is now `ckd suite {args.what}`", file=sys.stderr)
         args.suite = args.what
         return _cmd_suite(args)
-    from ckd.bench.speed import BenchSpec, speed_command
+    from ckd.bench.speed import speed_command
+    from ckd.bench.timing import BenchSpec
 
     spec = BenchSpec(
         teacher=args.teacher,
@@ -189,7 +173,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_shapes(args: argparse.Namespace) -> int:
-    from ckd.detection.shapes import make_shapes
+    from ckd.tasks.detection.shapes import make_shapes
 
     for key in ("train", "val", "size", "max_shapes"):
         if getattr(args, key) < 1:
@@ -249,9 +233,17 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
         print(describe(args.config))
         return 0
-    from ckd.engine.teacher import cache_command
+    from ckd.api import build_cache
 
-    print(cache_command(args.config, args.overrides, args.out, args.features, args.force, _say))
+    line = build_cache(
+        args.config,
+        args.overrides,
+        out=args.out,
+        features=args.features,
+        force=args.force,
+        echo=_say,
+    )
+    print(line)
     return 0
 
 

@@ -1,21 +1,19 @@
-"""The run configuration: a validated schema loaded from YAML plus ``key=value`` overrides.
+"""The run configuration: the shared schema, loaded from YAML plus ``key=value`` overrides.
 
 One schema for every task: ``task:`` (``classification`` by default, or ``detection``) selects
-the task's ``data`` and model (``student``, ``teacher``) sections, and the task's other sections
-(a detector's ``input`` and ``detector``); ``method``, ``optim`` and ``run`` are shared. A config
-is read once (:func:`load_config`), each default is defined once (a field's default, or a task's
+the task's config class (registered in :data:`TASK_CONFIGS` by the task packages of
+:mod:`ckd.tasks`), which holds the task's ``data`` and model sections (``student``,
+``teacher``) and its other sections (a detector's ``input`` and ``detector``); ``method``,
+``optim`` and ``run`` are the shared sections defined here. A config is read once
+(:func:`load_config`), each default is defined once (a field's default, or a task's
 ``SECTION_DEFAULTS`` / a method's ``TASK_DEFAULTS`` where a task differs), derived values are
-resolved once while building, and then checked: values first (:func:`validate`), then the files
-they name (:func:`check_files`). Every bad input raises a :class:`~ckd.errors.ConfigError`
-whose one-line message names the bad value and what is allowed, before anything runs or is
-written.
+resolved once while building, and then checked: values first (:func:`validate`: each section
+checks itself, then what spans sections), then the files they name (:func:`check_files`).
+Every bad input raises a :class:`~ckd.errors.ConfigError` whose one-line message names the bad
+value and what is allowed, before anything runs or is written.
 
 A config file may start with ``_base_: other.yaml`` (relative to the file); its mapping is then
-merged over the base's, key by key.
-
-Why over 400 lines: every section's schema (data, models, method, optim, run) with its documented
-defaults and the value checks of those values sit together, so that each default is defined once and
-next to its check; reading files and overrides is :mod:`ckd.config_files`.
+merged over the base's, key by key (:mod:`ckd.config_files` reads files and overrides).
 """
 
 from __future__ import annotations
@@ -29,66 +27,40 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from ckd.config_files import (  # noqa: F401  (re-exported: where they were before)
-    CONFIG_DIR,
-    DETECTION_DIR,
-    MAX_BASES,
-    MAX_KEY_PARTS,
-    _merge,
-    apply_overrides,
-    config_name,
-    read_yaml,
-    resolve_config_path,
-    shipped_configs,
-)
-from ckd.errors import ConfigError, show
+from ckd.config_files import _merge, apply_overrides, config_name, read_yaml, resolve_config_path
+from ckd.errors import ConfigError, require, show
 from ckd.methods import METHODS, MethodOptions
+from ckd.registry import Registry
 from ckd.schema import build, to_dict
+
+#: Largest seed: torch and the per-epoch seeds take 63-bit integers.
+MAX_SEED = 2**63 - 1
+#: Longest path, and longest file or folder name, Linux accepts (PATH_MAX, NAME_MAX), in bytes.
+PATH_MAX, NAME_MAX = 4095, 255
 
 
 @dataclass
-class DataConfig:
-    name: str = "cifar100"  # a name from ckd.data.DATASETS
-    root: str | None = None  # dataset folder; Fashion-MNIST is also looked up elsewhere
+class DataSection:
+    """What every task's ``data`` section holds (each task's section adds its own keys)."""
+
+    name: str
+    root: str | None = None
     batch_size: int = 64  # the global batch of one optimisation step, over all processes
     test_batch_size: int = 256  # per process
     num_workers: int = 2
-    train_subset: int | None = None  # class-balanced subset of the training set (None: all)
-    test_subset: int | None = None
-    augment: bool = True
-    download: bool = False  # let torchvision download when online (never needed offline)
-    # Check the files against their published checksums (CIFAR: torchvision's md5 list). Only
-    # data generated as a stand-in (tests, `ckd bench speed`) sets it false; nothing inside a
-    # data folder can turn the check off, and CIFAR's pickles are read without running code
-    # either way (ckd.data.safe_pickle).
-    verify: bool = True
-    # standard: per-image transforms in DataLoader workers. fast: the training set held once as
-    # uint8 on the run's device, crop/flip/normalise applied to whole batches there, each
-    # (epoch, sample)'s augmentation drawn from (aug_seed, epoch) so it can be replayed
-    # (ckd.data.fast); needed by run.teacher_cache.
-    loader: Literal["standard", "fast"] = "standard"
-    aug_seed: int | None = None  # fast loader: seed of the augmentation draws (null: run.seed)
-    # name=folder only (your own images, ckd.data.folder; null: the defaults said there):
-    image_size: int | None = None  # side of the square model input (<= 64: CIFAR-style crops)
-    channels: int | None = None  # 1 (greyscale) or 3 (RGB)
-    val_fraction: float | None = None  # no ROOT/val: hold out this fraction of each class
-    mean: list[float] | None = None  # per-channel normalisation (null: ImageNet's)
-    std: list[float] | None = None
 
+    def validate(self) -> None:
+        """The section's value checks (one-line ConfigError naming the bad value)."""
+        for key in ("batch_size", "test_batch_size"):
+            v = getattr(self, key)
+            require(v >= 1, f"data.{key} must be >= 1; got {show(v)}")
+        require(
+            self.num_workers >= 0, f"data.num_workers must be >= 0; got {show(self.num_workers)}"
+        )
 
-@dataclass
-class ModelConfig:
-    name: str  # a name from ckd.models.MODELS, or tv:<torchvision model>, timm:<timm model>
-    checkpoint: str | None = None  # weights to load (teacher: required)
-    # The model's own input normalisation (per channel, on [0, 1] pixels), when it differs from
-    # the dataset's: the model then sees the dataset's images re-normalised with these. Both or
-    # neither; null: the dataset's normalisation.
-    input_mean: list[float] | None = None
-    input_std: list[float] | None = None
-    # tv:<name> / timm:<name>: the published (ImageNet) weights, read from the local cache
-    # (torch hub's, Hugging Face's; ckd.models.pretrained), never downloaded by a run
-    # (`ckd fetch-weights NAME` does that). Another class count gets a new head.
-    pretrained: bool = False
+    def to_dict(self) -> dict[str, Any]:
+        """Plain mapping, as the YAML gives it."""
+        return to_dict(self)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -122,6 +94,55 @@ class OptimConfig:
     # for a global batch of this size and are multiplied by data.batch_size / lr_reference_batch.
     lr_reference_batch: int | None = None
 
+    def validate(self) -> None:
+        """The section's value checks (one-line ConfigError naming the bad value)."""
+        require(
+            (self.epochs is None) != (self.iters is None),
+            "optim: give epochs or iters (one of the two); "
+            f"got epochs={show(self.epochs)}, iters={show(self.iters)}",
+        )
+        unit = "epochs" if self.iters is None else "iters"
+        require(self.length >= 1, f"optim.{unit} must be >= 1; got {show(self.length)}")
+        require(self.lr > 0, f"optim.lr must be > 0; got {show(self.lr)}")
+        require(
+            0 <= self.momentum < 1, f"optim.momentum must be in [0, 1); got {show(self.momentum)}"
+        )
+        require(
+            self.weight_decay >= 0,
+            f"optim.weight_decay must be >= 0; got {show(self.weight_decay)}",
+        )
+        require(0 < self.gamma <= 1, f"optim.gamma must be in (0, 1]; got {show(self.gamma)}")
+        for key in ("warmup_epochs", "warmup_iters"):
+            value = getattr(self, key)
+            require(value >= 0, f"optim.{key} must be >= 0; got {show(value)}")
+        require(
+            not (self.warmup_epochs and self.warmup_iters),
+            "optim: give warmup_epochs or warmup_iters, not both",
+        )
+        key = "warmup_epochs" if self.iters is None else "warmup_iters"
+        value = getattr(self, key)
+        require(
+            value < self.length,
+            f"optim.{key} must be in [0, {unit}={self.length}); got {show(value)}",
+        )
+        require(
+            0 <= self.min_lr <= self.lr, f"optim.min_lr must be in [0, lr]; got {show(self.min_lr)}"
+        )
+        require(
+            self.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {show(self.accum_steps)}"
+        )
+        require(
+            self.lr_reference_batch is None or self.lr_reference_batch >= 1,
+            f"optim.lr_reference_batch must be >= 1 or null; got {show(self.lr_reference_batch)}",
+        )
+        require(not self.nesterov or self.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+        if self.schedule == "step":  # milestones past the end are allowed (they never fire)
+            m = self.milestones
+            require(
+                all(x > 0 for x in m) and m == sorted(set(m)),
+                f"optim.milestones must be increasing positive {self.unit}s; got {show(m)}",
+            )
+
     @property
     def unit(self) -> str:
         """``epoch`` or ``iteration``: what the schedule's counts count."""
@@ -130,7 +151,8 @@ class OptimConfig:
     @property
     def length(self) -> int:
         """The schedule's length in its unit."""
-        return self.iters if self.iters is not None else self.epochs  # type: ignore[return-value]
+        length = self.iters if self.iters is not None else self.epochs
+        return length if length is not None else 0
 
 
 @dataclass
@@ -174,6 +196,29 @@ class RunConfig:
     checkpoint_every: int | None = None
     log_every: int | None = None
 
+    def validate(self) -> None:
+        """The section's value checks (one-line ConfigError naming the bad value)."""
+        require(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None,
+            f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(self.device)}",
+        )
+        require(
+            self.progress_seconds >= 0,
+            "run.progress_seconds must be >= 0 (0: no progress lines); "
+            f"got {show(self.progress_seconds)}",
+        )
+        for key in ("eval_every", "checkpoint_every", "log_every"):
+            v = getattr(self, key)
+            require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {show(v)}")
+        require(
+            0 <= self.seed <= MAX_SEED, f"run.seed must be in [0, 2**63 - 1]; got {show(self.seed)}"
+        )
+        if self.teacher_cache is not None:
+            require(
+                self.teacher_cache.strip() != "",
+                "run.teacher_cache must be a folder path or null; got ''",
+            )
+
 
 @dataclass
 class MethodConfig:
@@ -189,6 +234,18 @@ class MethodConfig:
 
     def parts(self) -> list[MethodConfig]:
         return [self, *self.also]
+
+    def validate(self) -> None:
+        """Each method's own option checks (one-line ConfigError naming the bad value)."""
+        for part in self.parts():
+            try:
+                part.options.validate()
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+    def uses_teacher(self) -> list[str]:
+        """The names of the methods that read a teacher."""
+        return [m.name for m in self.parts() if METHODS.get(m.name).needs_teacher]
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, **to_dict(self.options)}
@@ -208,6 +265,7 @@ class BaseConfig:
     ORDER: ClassVar[tuple[str, ...]] = ("task", "description", "data", "student", "teacher")
 
     task: str
+    data: DataSection
     method: MethodConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -218,8 +276,15 @@ class BaseConfig:
         """Plain mapping that :func:`config_from_dict` turns back into the same config."""
         d = to_dict(self)
         d["method"] = self.method.to_dict()
+        d["data"] = self.data.to_dict()
         first = [k for k in self.ORDER if k in d]
         return {k: d[k] for k in [*first, *(k for k in d if k not in first)]}
+
+    @classmethod
+    def build_sections(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Sections this task builds itself from the raw mapping (e.g. a data section whose
+        dataset declares options of its own), by key; the others are built from the schema."""
+        return {}
 
     def default_out_dir(self) -> Path:
         return Path("runs") / config_name(self.source or "run") / f"seed{self.run.seed}"
@@ -230,6 +295,10 @@ class BaseConfig:
 
     def resolve(self) -> None:
         """Settle values derived from others (once, while building)."""
+
+    def teacher_section(self) -> Any:
+        """The ``teacher`` section, or None when the run has no teacher."""
+        return getattr(self, "teacher", None)
 
     def validate(self) -> None:
         """This task's value checks (beyond the shared ones of :func:`validate`)."""
@@ -242,120 +311,9 @@ class BaseConfig:
         by ``ckd train``: missing data is the more basic problem than a missing teacher)."""
 
 
-@dataclass(kw_only=True)
-class Config(BaseConfig):
-    """A classification run: a dataset of labelled images, classifier models."""
-
-    task: Literal["classification"] = "classification"
-    data: DataConfig
-    student: ModelConfig
-    teacher: ModelConfig | None = None
-
-    def paths(self) -> dict[str, str | None]:
-        models = {"student": self.student, "teacher": self.teacher}
-        return {
-            **super().paths(),
-            "data.root": self.data.root,
-            **{f"{k}.checkpoint": m.checkpoint for k, m in models.items() if m is not None},
-        }
-
-    def resolve(self) -> None:
-        if self.data.loader == "fast" and self.data.aug_seed is None:
-            self.data.aug_seed = self.run.seed  # the augmentation's seed defaults to the run's
-
-    def validate(self) -> None:
-        from ckd.data import DATASETS
-        from ckd.data.folder import data_options_channels
-        from ckd.models import MODELS
-        from ckd.registry import UnknownNameError
-
-        d = self.data
-        _require(
-            d.name in DATASETS,
-            f"data.name: unknown dataset {show(d.name)}; known: {', '.join(DATASETS)}",
-        )
-        channels = data_options_channels(d)
-        for role in ("student", "teacher"):
-            m = getattr(self, role)
-            if m is None:
-                continue
-            if m.name not in MODELS:
-                try:
-                    MODELS.get(m.name)  # raises the one-line error naming the known models
-                except UnknownNameError as e:
-                    raise ConfigError(f"{role}.name: {e}") from None
-            if m.pretrained:
-                _require(
-                    m.name.startswith(("tv:", "timm:")),
-                    f"{role}.pretrained is for torchvision and timm models (tv:<name>, "
-                    f"timm:<name>); got {show(m.name)}",
-                )
-                _require(
-                    m.checkpoint is None,
-                    f"{role}: give checkpoint or pretrained=true, not both",
-                )
-            _require(
-                (m.input_mean is None) == (m.input_std is None),
-                f"{role}.input_mean and {role}.input_std go together; got only "
-                f"{'input_mean' if m.input_std is None else 'input_std'}",
-            )
-            if m.input_mean is not None and m.input_std is not None:
-                for key in ("input_mean", "input_std"):
-                    v = getattr(m, key)
-                    _require(
-                        channels is None or len(v) == channels,
-                        f"{role}.{key} needs {channels} value(s), one per channel of {d.name}; "
-                        f"got {show(v)}",
-                    )
-                _require(
-                    all(x > 0 for x in m.input_std),
-                    f"{role}.input_std must be > 0; got {show(m.input_std)}",
-                )
-        for key in ("train_subset", "test_subset"):
-            v = getattr(d, key)
-            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
-        _require(
-            d.aug_seed is None or 0 <= d.aug_seed <= MAX_SEED,
-            f"data.aug_seed must be in [0, 2**63 - 1] or null; got {show(d.aug_seed)}",
-        )
-        _require(
-            d.aug_seed is None or d.loader == "fast",
-            f"data.aug_seed is for data.loader=fast; got data.loader={d.loader!r}",
-        )
-        r = self.run
-        if r.teacher_cache is not None:
-            _require(
-                r.teacher_cache.strip() != "",
-                "run.teacher_cache must be a folder path or null; got ''",
-            )
-            _require(
-                d.loader == "fast",
-                f"run.teacher_cache needs data.loader=fast (the standard loader's augmentation "
-                f"cannot be replayed); got data.loader={d.loader!r}",
-            )
-        if r.compile is not False:
-            feature_methods = [m.name for m in self.method.parts() if _method(m).needs_features]
-            if feature_methods:
-                raise ConfigError(
-                    f"run.compile: method {feature_methods[0]!r} reads features through hooks, "
-                    "which torch.compile would retrace every step; set run.compile=false"
-                )
-
-    def check_data(self) -> None:
-        from ckd.data import DATASETS
-
-        locate = DATASETS.get(self.data.name).locate
-        if locate is not None and not self.data.download:
-            locate(self.data.root)
-
-    def check_files(self) -> None:
-        for role in ("student", "teacher"):
-            m = getattr(self, role)
-            if m is not None and m.checkpoint is not None:
-                _require(
-                    Path(m.checkpoint).is_file(),
-                    f"{role}.checkpoint: file {show(m.checkpoint)} does not exist",
-                )
+#: The config schema of each task, by name (``task:``): registered by the task packages
+#: (:func:`ckd.engine.task.register_task`, when :mod:`ckd.tasks` is imported).
+TASK_CONFIGS: Registry[type[BaseConfig]] = Registry("task")
 
 
 def method_from_dict(
@@ -411,16 +369,15 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
     """Typed, fully validated config from a plain mapping (its ``task`` picks the schema);
     ``files``: also check the files it names; ``saved``: a run's own saved config (older
     layouts accepted)."""
-    from ckd.tasks import TASKS
-
     data = dict(data)
     task = data.get("task", "classification")
-    if task not in TASKS:
-        raise ConfigError(f"task: unknown task {show(task)}; known: {', '.join(TASKS)}")
-    cls = TASKS.get(task).Config
+    if task not in TASK_CONFIGS:
+        known = ", ".join(TASK_CONFIGS) or "none registered: import ckd.tasks first"
+        raise ConfigError(f"task: unknown task {show(task)}; known: {known}")
+    cls = TASK_CONFIGS.get(task)
     if "task" not in data:  # a config of a release before `task:` (detection had its own stack)
-        for other, spec in TASKS.items():
-            theirs = {f.name for f in fields(spec.Config)} - {f.name for f in fields(cls)}
+        for other, other_cls in TASK_CONFIGS.items():
+            theirs = {f.name for f in fields(other_cls)} - {f.name for f in fields(cls)}
             extra = sorted(k for k in data if k in theirs)
             if extra:
                 raise ConfigError(
@@ -433,7 +390,8 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
     if isinstance(optim, dict) and optim.get("iters") is not None and "epochs" not in optim:
         data["optim"] = {**optim, "epochs": None}  # an iteration schedule has no epochs
     method = method_from_dict(data.pop("method", None), task=task)
-    cfg = build(cls, data, "", given={"method": method})
+    given = {"method": method, **cls.build_sections(data)}
+    cfg = build(cls, {k: v for k, v in data.items() if k not in given}, "", given=given)
     cfg.resolve()
     validate(cfg)
     if files:
@@ -486,115 +444,37 @@ def config_yaml(cfg: BaseConfig) -> str:
     return head + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _method(part: MethodConfig) -> Any:
-    return METHODS.get(part.name)
-
-
 def validate(cfg: BaseConfig) -> None:
-    """The value checks every task shares (method, loading, optim, run), then the task's."""
-    d, o, r = cfg.data, cfg.optim, cfg.run  # type: ignore[attr-defined]
-    for part in cfg.method.parts():
-        try:
-            part.options.validate()
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    needing = [m.name for m in cfg.method.parts() if _method(m).needs_teacher]
-    teacher = getattr(cfg, "teacher", None)
+    """Every section's own checks, then what spans sections (the teacher the methods need,
+    the global batch over accumulation steps, the paths), then the task's own."""
+    for section in (cfg.data, cfg.method, cfg.optim, cfg.run):
+        section.validate()
+    needing = cfg.method.uses_teacher()
+    teacher = cfg.teacher_section()
     if needing:
-        _require(
+        require(
             teacher is not None and teacher_given(teacher),
             f"method {needing[0]!r} needs a teacher: set the teacher section and "
             "teacher.checkpoint (a file trained with method vanilla, or a reference checkpoint)",
         )
     else:
-        _require(
+        require(
             teacher is None,
             f"method {cfg.method.name!r} uses no teacher; remove the teacher section",
         )
-        _require(
-            r.teacher_cache is None,
+        require(
+            cfg.run.teacher_cache is None,
             f"run.teacher_cache: method {cfg.method.name!r} uses no teacher; set it to null",
         )
-    if r.cuda_graphs is True:
-        from ckd.engine.graphs import graph_obstacle
-
-        problem = graph_obstacle(cfg)
-        _require(problem is None, f"run.cuda_graphs=true: {problem}; set run.cuda_graphs=false")
-    for key in ("batch_size", "test_batch_size"):
-        _require(getattr(d, key) >= 1, f"data.{key} must be >= 1; got {show(getattr(d, key))}")
-    _require(d.num_workers >= 0, f"data.num_workers must be >= 0; got {show(d.num_workers)}")
-    _require(
-        (o.epochs is None) != (o.iters is None),
-        "optim: give epochs or iters (one of the two); "
-        f"got epochs={show(o.epochs)}, iters={show(o.iters)}",
-    )
-    _require(
-        o.length >= 1,
-        f"optim.{'epochs' if o.iters is None else 'iters'} must be >= 1; got {show(o.length)}",
-    )
-    _require(o.lr > 0, f"optim.lr must be > 0; got {show(o.lr)}")
-    _require(0 <= o.momentum < 1, f"optim.momentum must be in [0, 1); got {show(o.momentum)}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0; got {show(o.weight_decay)}")
-    _require(0 < o.gamma <= 1, f"optim.gamma must be in (0, 1]; got {show(o.gamma)}")
-    _require(o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0; got {show(o.warmup_epochs)}")
-    _require(o.warmup_iters >= 0, f"optim.warmup_iters must be >= 0; got {show(o.warmup_iters)}")
-    _require(
-        not (o.warmup_epochs and o.warmup_iters),
-        "optim: give warmup_epochs or warmup_iters, not both",
-    )
-    if o.iters is None:
-        _require(
-            o.warmup_epochs < o.length,
-            f"optim.warmup_epochs must be in [0, epochs={o.length}); got {show(o.warmup_epochs)}",
-        )
-    else:
-        _require(
-            o.warmup_iters < o.length,
-            f"optim.warmup_iters must be in [0, iters={o.length}); got {show(o.warmup_iters)}",
-        )
-    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, lr]; got {show(o.min_lr)}")
-    _require(o.accum_steps >= 1, f"optim.accum_steps must be >= 1; got {show(o.accum_steps)}")
-    _require(
+    d, o = cfg.data, cfg.optim
+    require(
         d.batch_size % o.accum_steps == 0,
         f"data.batch_size={d.batch_size} (the global batch) must be a multiple of "
         f"optim.accum_steps={o.accum_steps}",
     )
-    _require(
-        o.lr_reference_batch is None or o.lr_reference_batch >= 1,
-        f"optim.lr_reference_batch must be >= 1 or null; got {show(o.lr_reference_batch)}",
-    )
-    _require(not o.nesterov or o.momentum > 0, "optim.nesterov needs optim.momentum > 0")
-    if o.schedule == "step":  # milestones past the end are allowed (they never fire)
-        _require(
-            all(m > 0 for m in o.milestones) and o.milestones == sorted(set(o.milestones)),
-            f"optim.milestones must be increasing positive {o.unit}s; got {show(o.milestones)}",
-        )
-    _require(
-        re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", r.device) is not None,
-        f"run.device: expected auto, cpu, cuda, cuda:N or mps; got {show(r.device)}",
-    )
-    _require(
-        r.progress_seconds >= 0,
-        f"run.progress_seconds must be >= 0 (0: no progress lines); got {show(r.progress_seconds)}",
-    )
-    for key in ("eval_every", "checkpoint_every", "log_every"):
-        v = getattr(r, key)
-        _require(v is None or v >= 1, f"run.{key} must be >= 1 or null; got {show(v)}")
-    _require(0 <= r.seed <= MAX_SEED, f"run.seed must be in [0, 2**63 - 1]; got {show(r.seed)}")
     for key, value in cfg.paths().items():
         check_path(key, value)
     cfg.validate()
-
-
-#: Largest seed: torch and the per-epoch seeds take 63-bit integers.
-MAX_SEED = 2**63 - 1
-#: Longest path, and longest file or folder name, Linux accepts (PATH_MAX, NAME_MAX), in bytes.
-PATH_MAX, NAME_MAX = 4095, 255
 
 
 def check_path(key: str, value: str | None) -> None:
@@ -603,15 +483,13 @@ def check_path(key: str, value: str | None) -> None:
     it, so the OS never fails on it mid-run)."""
     if value is None:
         return
-    _require(
-        value.strip() != "", f"{key}: an empty path (the current folder); give a path, or null"
-    )
-    _require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
+    require(value.strip() != "", f"{key}: an empty path (the current folder); give a path, or null")
+    require("\0" not in value, f"{key}: a path cannot hold a NUL character; got {show(value)}")
     size = len(value.encode("utf-8"))
-    _require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")
+    require(size <= PATH_MAX, f"{key}: a path of {size} bytes; at most {PATH_MAX} are allowed")
     for name in Path(value).parts:
         size = len(name.encode("utf-8"))
-        _require(
+        require(
             size <= NAME_MAX,
             f"{key}: the name {show(name)} has {size} bytes; at most {NAME_MAX} per file or folder",
         )
@@ -634,7 +512,7 @@ def check_files(cfg: BaseConfig, data: bool = False) -> None:
     if out_dir is not None:
         out = Path(out_dir)
         parent = next((p for p in (out, *out.parents) if os.path.lexists(p)), None)
-        _require(
+        require(
             parent is None or os.path.isdir(parent),
             f"run.out_dir: {show(str(parent))} is a file, not a folder",
         )

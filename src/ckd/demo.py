@@ -11,6 +11,7 @@ import functools
 import json
 from pathlib import Path
 
+import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.bench.plots import plot_curves
 from ckd.config import load_config
 from ckd.engine import Trainer

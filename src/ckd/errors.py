@@ -36,6 +36,14 @@ class Diverged(ArithmeticError):
 EXIT_DIVERGED = 3
 
 
+class UnknownNameError(KeyError):
+    """A name that is not registered (a model, method, dataset, task); its message lists the
+    known names (:class:`ckd.registry.Registry`)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the command; ``message`` says what was kept. The command line
     exits with ``128 + signum`` (130, 143), as a shell reports a process a signal ended."""
@@ -43,6 +51,24 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum, self.message = signum, message
+
+
+#: The errors of bad input: the command line prints their one line and exits with 2 (and a
+#: suite's child process, and the Python API raises them as they are).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    RunDirError,
+    UnknownNameError,
+    DataError,
+    CheckpointError,
+    FileNotFoundError,  # includes ckd.data.DataNotFoundError
+)
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ``ConfigError(message)`` unless ``ok``: the value checks of config sections."""
+    if not ok:
+        raise ConfigError(message)
 
 
 _repr = reprlib.Repr()

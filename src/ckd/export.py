@@ -30,7 +30,6 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.data import DatasetInfo
+from ckd.data.folder import SMALL_MAX
 from ckd.errors import ConfigError, one_line
+from ckd.tasks.classification import ModelConfig, Student, build_model, load_student
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
 ONNX_OPSET = 17
@@ -54,91 +56,6 @@ class ExportCheckError(RuntimeError):
     """The exported model's outputs differ from PyTorch's beyond the tolerance."""
 
 
-@dataclass
-class Student:
-    """A run's student, ready to export: the network (eval mode, on the CPU) and its facts."""
-
-    model: nn.Module
-    name: str
-    info: DatasetInfo
-    checkpoint: Path
-    epoch: int | None
-    input_mean: list[float] | None
-    input_std: list[float] | None
-
-    def input_shape(self, batch: int) -> tuple[int, int, int, int]:
-        return (batch, self.info.in_channels, self.info.image_size, self.info.image_size)
-
-
-def find_checkpoint(source: str | Path) -> Path:
-    """A checkpoint file, or a run folder's ``last.pt`` (the last epoch: the one reported)."""
-    p = Path(source)
-    if p.is_dir():
-        if not (p / "last.pt").is_file():
-            raise ConfigError(f"{p} is a folder without last.pt; give a run folder or a checkpoint")
-        return p / "last.pt"
-    if not p.is_file():
-        raise ConfigError(f"{str(p)!r} does not exist; give a run folder or a checkpoint file")
-    return p
-
-
-def _dataset_info(ckpt: dict[str, Any], path: Path) -> DatasetInfo:
-    """The dataset facts the checkpoint carries (runs since ``folder`` data), else the fixed
-    dataset's, else the folder's read again from the saved data config."""
-    saved = ckpt.get("dataset")
-    if isinstance(saved, dict):
-        fields = dict(saved)
-        for key in ("mean", "std", "classes"):
-            if fields.get(key) is not None:
-                fields[key] = tuple(fields[key])
-        return DatasetInfo(**fields)
-    from ckd.config import DataConfig
-    from ckd.data import resolve_dataset
-    from ckd.schema import build
-
-    data = dict((ckpt.get("config") or {}).get("data") or {})
-    own = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__}
-    spec = resolve_dataset(build(DataConfig, own, "data"))
-    assert spec.info is not None
-    return spec.info
-
-
-def load_student(source: str | Path) -> Student:
-    """The student of a run folder or checkpoint of ours, with its trained weights.
-
-    Raises:
-        ConfigError: no such file, not a checkpoint of ours, or weights that do not fit.
-    """
-    from ckd.config import ModelConfig
-    from ckd.engine.checkpoint import load_checkpoint
-    from ckd.models import load_weights
-    from ckd.tasks.classification import build_model
-
-    path = find_checkpoint(source)
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - not a checkpoint, or weights_only refuses it
-        raise ConfigError(f"{path}: cannot be read as a checkpoint: {one_line(e)}") from None
-    task = ckpt.get("task") or (ckpt.get("config") or {}).get("task") or "classification"
-    if task != "classification":
-        raise ConfigError(f"{path} is a {task} run; ckd export writes classification students")
-    student = (ckpt.get("config") or {}).get("student")
-    if not isinstance(student, dict) or "model" not in ckpt:
-        raise ConfigError(
-            f"{path} is not a checkpoint of a ckd run (no config / student weights); export "
-            "takes a run folder or its last.pt / best.pt"
-        )
-    info = _dataset_info(ckpt, path)
-    mean, std = student.get("input_mean"), student.get("input_std")
-    config = ModelConfig(student["name"], None, input_mean=mean, input_std=std)
-    model = build_model(config, info)
-    try:
-        load_weights(model, {"model": ckpt["model"]})
-    except (ValueError, RuntimeError) as e:
-        raise ConfigError(f"{path}: does not fit {student['name']}: {one_line(e)}") from None
-    return Student(model.eval(), student["name"], info, path, ckpt.get("epoch"), mean, std)
-
-
 def default_out(checkpoint: Path, fmt: str) -> Path:
     """``runs/x/last.pt`` -> ``runs/x/last.onnx`` (``.torchscript``, ``.safetensors``)."""
     return checkpoint.with_suffix(FORMATS[fmt])
@@ -150,8 +67,6 @@ def sidecar_path(out: Path) -> Path:
 
 def _preprocess(info: DatasetInfo) -> str:
     """How a test image becomes the model's input, before normalisation."""
-    from ckd.data.folder import SMALL_MAX
-
     s = info.image_size
     if info.name == "fashion_mnist":
         return "28x28 greyscale image zero-padded by 2 pixels a side to 32x32"
@@ -251,9 +166,6 @@ def _torchscript(student: Student, out: Path) -> Callable[[Tensor], Tensor]:
 
 def _safetensors(student: Student, out: Path) -> Callable[[Tensor], Tensor]:
     from safetensors.torch import save_file
-
-    from ckd.config import ModelConfig
-    from ckd.tasks.classification import build_model
 
     state = {
         k: v.detach().cpu().contiguous().clone() for k, v in student.model.state_dict().items()

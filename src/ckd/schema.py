@@ -111,7 +111,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {show(value)}")
 
 
-def _key(key: Any) -> str:
+def key_text(key: Any) -> str:
     """A key as printed in a message: as it is when it is a short identifier, else shown."""
     return key if isinstance(key, str) and key.isidentifier() and len(key) <= 64 else show(key)
 
@@ -132,7 +132,7 @@ def build(cls: type[T], data: Any, where: str = "", given: dict[str, Any] | None
     unknown = [k for k in data if k not in fields or k in given]
     if unknown:
         raise ConfigError(
-            f"unknown key {prefix}{_key(unknown[0])}; allowed: {', '.join(fields) or '(none)'}"
+            f"unknown key {prefix}{key_text(unknown[0])}; allowed: {', '.join(fields) or '(none)'}"
         )
     kwargs = dict(given)
     for name, f in fields.items():

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 import ckd.engine.runtime as runtime
-from ckd.bench.speed import BenchSpec, bench_speed, format_report
+from ckd.bench.speed import bench_speed, format_report
+from ckd.bench.timing import BenchSpec
 from ckd.cli import build_parser, main
 
 TINY = ["--teacher", "resnet8", "--student", "resnet8", "--batch-size", "16", "--workers", "0"]

@@ -16,18 +16,18 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ckd.cli import main
-from ckd.config import DataConfig, config_from_dict, load_config
+from ckd.config import config_from_dict, load_config
 from ckd.data import DataNotFoundError, ImageReadError, make_fake_image_folder, resolve_dataset
 from ckd.data.fast import augment_batch, draw_augmentation, memory_data
 from ckd.data.folder import SMALL_MAX, SPLIT_SEED, stratified_holdout
 from ckd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from ckd.engine.checkpoint import load_checkpoint
 from ckd.errors import ConfigError
-from ckd.tasks.classification import build_model
+from ckd.tasks.classification import DataConfig, ModelConfig, build_model
 
 
 def folder(root: Path, **kw) -> DataConfig:
-    return DataConfig(name="folder", root=str(root), **kw)
+    return DataConfig.from_dict({"name": "folder", "root": str(root), **kw})
 
 
 def steps(transform) -> list[str]:
@@ -268,7 +268,6 @@ def test_fast_path_refuses_imagenet_style_crops_and_what_does_not_fit(tmp_path, 
 def test_class_count_channels_and_size_reach_the_models(tmp_path):
     root = make_fake_image_folder(tmp_path, num_classes=5, per_class=1, val_per_class=1, channels=1)
     info = resolve_dataset(folder(root, image_size=64)).info
-    from ckd.config import ModelConfig
 
     model = build_model(ModelConfig("tv:resnet18"), info)
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 5)
@@ -338,7 +337,7 @@ def test_a_small_training_on_a_made_folder_runs_end_to_end(tmp_path, fake_fmnist
 
 def test_shipped_folder_configs_are_the_documented_flow():
     base = load_config("folder/vanilla")
-    assert (base.data.name, base.data.root, base.data.image_size) == (
+    assert (base.data.name, base.data.root, base.data.options.image_size) == (
         "folder", "data/fmnist_folder", 32
     )  # fmt: skip
     teacher = load_config("folder/teacher_resnet18")
@@ -352,4 +351,4 @@ def test_shipped_folder_configs_are_the_documented_flow():
         {"data": {"name": "folder", "root": "x"}, "student": {"name": "resnet8"},
          "method": {"name": "vanilla"}}
     )  # fmt: skip
-    assert raw.data.image_size is None
+    assert raw.data.options.image_size is None

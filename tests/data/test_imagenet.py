@@ -42,7 +42,7 @@ def test_mobilenet_v1_matches_the_reference_size_and_stages():
     model = create_model("MobileNetV1", 1000, 3)
     assert count_parameters(model) == 4_231_976
     assert [n for n, _ in model.named_children()] == ["model", "avgpool", "fc"]
-    from ckd.methods.base import run_network
+    from ckd.methods.views import run_network
 
     out = run_network(model.eval(), torch.randn(1, 3, 224, 224), features=True, preact=True)
     assert out.logits.shape == (1, 1000)

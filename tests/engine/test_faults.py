@@ -447,7 +447,7 @@ def test_a_bad_start_removes_the_folder_it_made(tmp_path, cfg_file, capsys):
 # --- 10: divergence: one line, exit 3, the last good checkpoint kept ------------------------
 
 NAN_AT_STEP_5 = """
-import ckd.methods.base as b
+import ckd.methods.distiller as b
 _train = b.Distiller.forward_train
 def forward_train(self, *a, **k):
     logits, terms = _train(self, *a, **k)

@@ -22,8 +22,8 @@ from ckd.losses import (
     sp_loss,
 )
 from ckd.methods import METHODS, Distiller, Setup
-from ckd.methods.base import network_shapes
 from ckd.methods.fitnet import HintRegressor
+from ckd.methods.views import network_shapes
 from ckd.models import create_model
 from tests.descent import assert_descends
 

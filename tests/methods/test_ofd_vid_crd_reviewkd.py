@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ckd.methods import METHODS, Distiller, Outputs, Setup
-from ckd.methods.base import network_shapes
+from ckd.methods.views import network_shapes
 from ckd.models import create_model, stage_features
 from tests.descent import assert_descends
 
@@ -187,7 +187,8 @@ def test_reviewkd_warms_up_and_fuses_to_the_teacher_shapes():
     d.eval()
     terms = [d.forward_train(x, y, epoch=e, step=0, index=index)[1]["reviewkd"] for e in (0, 30)]
     assert terms[0].item() == pytest.approx(0.05 * terms[1].item(), rel=1e-5)
-    from ckd.methods.base import Batch, run_network
+    from ckd.methods.base import Batch
+    from ckd.methods.views import run_network
 
     b = Batch(run_network(d.student, x, True), y, lambda: d.teacher_outputs(x))
     shapes_out = [tuple(f.shape) for f in method.fused(b)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ckd.config import ModelConfig, config_from_dict
+from ckd.config import config_from_dict
 from ckd.data import dataset_info
 from ckd.engine import Trainer
 from ckd.engine.checkpoint import load_checkpoint
@@ -17,7 +17,7 @@ from ckd.models import (
     load_weights,
     stage_features,
 )
-from ckd.tasks.classification import build_model
+from ckd.tasks.classification import ModelConfig, build_model
 from tests.conftest import tiny_config
 from tests.helpers import assert_same_state, quiet, save_random
 

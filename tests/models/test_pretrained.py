@@ -14,13 +14,12 @@ import torch
 import torchvision.models as tvm
 
 from ckd.cli import main
-from ckd.config import ModelConfig
 from ckd.data import DatasetInfo, make_fake_image_folder
 from ckd.engine.checkpoint import load_checkpoint
 from ckd.errors import CheckpointError, ConfigError
 from ckd.models import create_model
 from ckd.models.pretrained import WeightsLocation, create_pretrained, hf_hub_cache
-from ckd.tasks.classification import build_model
+from ckd.tasks.classification import ModelConfig, build_model
 
 
 @pytest.fixture(autouse=True)

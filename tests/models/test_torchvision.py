@@ -11,7 +11,6 @@ import torch
 import yaml
 
 from ckd.cli import main
-from ckd.config import ModelConfig
 from ckd.data import dataset_info
 from ckd.engine.checkpoint import load_checkpoint
 from ckd.engine.metrics import read_metrics
@@ -25,7 +24,7 @@ from ckd.models import (
 )
 from ckd.models.external import timm_available
 from ckd.registry import UnknownNameError
-from ckd.tasks.classification import build_model
+from ckd.tasks.classification import ModelConfig, build_model
 from tests.conftest import tiny_config
 from tests.helpers import NOT_TERMS, save_random
 

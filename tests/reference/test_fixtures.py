@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from ckd.methods import METHODS, Distiller, Setup
-from ckd.methods.base import network_shapes, run_network
+from ckd.methods.views import network_shapes, run_network
 from ckd.models import create_model, load_weights
 from tests import reference_pairs as rp
 from tests.zoo_fill import fill_state, named_shapes

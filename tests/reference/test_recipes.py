@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ckd.config import CONFIG_DIR, OptimConfig, load_config, read_yaml, shipped_configs
+from ckd.config import OptimConfig, load_config
+from ckd.config_files import CONFIG_DIR, read_yaml, shipped_configs
 from ckd.engine.schedule import Schedule
 
 REFERENCE_FAMILIES = ("cifar100/", "imagenet/", "places365/")

@@ -33,7 +33,7 @@ from ckd.bench.suite import (
 )
 from ckd.engine.rundir import holds_run
 from ckd.engine.trainer import Trainer
-from ckd.errors import ConfigError
+from ckd.errors import USER_ERRORS, ConfigError, one_line
 
 
 def _gpus() -> list[str]:
@@ -246,9 +246,6 @@ def _child_main(args: dict[str, Any]) -> int:
 if __name__ == "__main__":  # a piece of a suite run with --jobs (run_suite starts these)
     if len(sys.argv) != 3 or sys.argv[1] != "--child":
         sys.exit("usage: python -m ckd.bench.jobs --child JSON (internal)")
-    from ckd.cli import USER_ERRORS
-    from ckd.errors import one_line
-
     try:
         sys.exit(_child_main(json.loads(sys.argv[2])))
     except USER_ERRORS as e:

@@ -8,15 +8,12 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from ckd.bench.timing import BenchSpec
 from ckd.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ckd.bench.speed import BenchSpec
-
 
 #: The official code's distiller of each method (mdistiller's names); with --reference.
 REFERENCE_METHODS = {"ckd": "CKD", "kd": "KD"}

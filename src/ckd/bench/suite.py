@@ -40,19 +40,16 @@ from typing import Any
 
 import torch
 
+import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.bench.report import find_runs, markdown_report, write_csv
-from ckd.config import (
-    Config,
-    apply_overrides,
-    config_from_dict,
-    read_yaml,
-    resolve_config_path,
-)
+from ckd.config import config_from_dict
+from ckd.config_files import apply_overrides, read_yaml, resolve_config_path
 from ckd.engine import Trainer
 from ckd.engine.lock import FolderLock
 from ckd.engine.rundir import config_difference, holds_run, read_saved_config, saved_config
 from ckd.errors import ConfigError
 from ckd.schema import build
+from ckd.tasks.classification import ClassificationConfig as Config
 
 say = functools.partial(print, flush=True)
 

@@ -15,12 +15,35 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.config import config_from_dict
+
+
+@dataclass
+class BenchSpec:
+    """What ``ckd bench speed`` times: the pair, the batch, how many steps and rounds, where."""
+
+    teacher: str = "resnet56"
+    student: str = "resnet20"
+    batch_size: int = 64
+    steps: int = 15
+    warmup: int = 3
+    rounds: int = 3
+    num_classes: int = 100
+    num_workers: int = 2
+    device: str = "auto"
+    threads: int | None = None  # torch threads (None: torch's default)
+    n_train: int | None = None  # default: enough for warmup + steps batches
+    reference: str | None = None  # a checkout of the official CKD code (--reference)
+
+    def train_size(self) -> int:
+        return self.n_train or self.batch_size * (self.warmup + self.steps)
 
 
 def _sync(device: torch.device) -> None:

@@ -13,7 +13,9 @@ from ckd.data.base import (
     DATASETS,
     DataNotFoundError,
     DatasetInfo,
+    DatasetOptions,
     DatasetSpec,
+    DataSource,
     build_dataset,
     dataset_info,
     dataset_names,
@@ -21,7 +23,7 @@ from ckd.data.base import (
 )
 from ckd.data.cifar import CIFAR10, CIFAR100
 from ckd.data.fashion_mnist import FASHION_MNIST_SEARCH_PATHS, FashionMNIST
-from ckd.data.folder import ImageFolderDataset, ImageReadError
+from ckd.data.folder import FolderOptions, ImageFolderDataset, ImageReadError
 from ckd.data.imagefolder import IMAGENET_INFO, PLACES365_INFO, imagenet_transform
 from ckd.data.subset import TargetSubset, subset
 from ckd.data.synthetic import make_fake_cifar, make_fake_fashion_mnist, make_fake_image_folder
@@ -35,8 +37,11 @@ __all__ = [
     "FASHION_MNIST_SEARCH_PATHS",
     "DataNotFoundError",
     "DatasetInfo",
+    "DatasetOptions",
     "DatasetSpec",
+    "DataSource",
     "FashionMNIST",
+    "FolderOptions",
     "IMAGENET_INFO",
     "ImageFolderDataset",
     "ImageReadError",

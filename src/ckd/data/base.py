@@ -8,6 +8,10 @@ Most datasets are fixed (CIFAR, Fashion-MNIST, ImageNet: their :class:`DatasetIn
 advance). A *configurable* one (``folder``: the user's own images) learns its classes, channels
 and image size from the data config and the files: its spec has a ``configure`` function and
 :func:`resolve_dataset` turns a data config into the concrete spec.
+
+A dataset declares the options of its own (beside the data keys every dataset has) as a
+:class:`DatasetOptions` dataclass, as a method declares its options: the config reads them from
+the ``data`` section, each checked by the options' :meth:`~DatasetOptions.validate`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
@@ -81,22 +85,46 @@ class DatasetInfo:
 Builder = Callable[[str | None, bool, bool, bool, bool], Dataset]
 
 
+@dataclass
+class DatasetOptions:
+    """The options a dataset declares beside the common data keys (``name``, ``root``, batch
+    sizes, ...): none for a fixed dataset. A configurable one subclasses this with its fields
+    (their defaults documented there), which the ``data`` section of a config takes."""
+
+    def validate(self) -> None:
+        """Raise ConfigError naming a bad value (``data.<key> must be ...; got ...``)."""
+
+    def channels_known(self) -> int | None:
+        """The number of input channels, when these options fix it without reading the data."""
+        return None
+
+
+class DataSource(Protocol):
+    """What :func:`resolve_dataset` reads of a data config."""
+
+    name: str
+    root: str | None
+    options: DatasetOptions
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What :data:`DATASETS` holds per name: the dataset's info and its builder.
 
     ``build(root, train, augment, download, verify)`` returns the dataset, ``locate(root)``
-    says early when its files are missing. A configurable
-    dataset registers ``info=None`` and ``configure(data_config) -> DatasetSpec``, which reads
-    the config's fields (``root``, ``image_size``, ...) and returns the concrete spec.
+    says early when its files are missing. A configurable dataset registers ``info=None``,
+    its ``Options`` and ``configure(root, options) -> DatasetSpec``, which reads the files
+    and returns the concrete spec.
     """
 
     info: DatasetInfo | None
     build: Builder
-    configure: Callable[[Any], DatasetSpec] | None = None
+    configure: Callable[[str | None, Any], DatasetSpec] | None = None
     #: ``locate(root)``: a quick look (no reading) whether the files are there, raising
     #: :class:`DataNotFoundError` as ``build`` would; None: no such look.
     locate: Callable[[str | None], object] | None = None
+    #: The dataset's own options (the data-config keys it reads beyond the common ones).
+    Options: type[DatasetOptions] = DatasetOptions
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -117,16 +145,16 @@ def dataset_info(name: str) -> DatasetInfo:
     return info
 
 
-def resolve_dataset(cfg: Any) -> DatasetSpec:
+def resolve_dataset(cfg: DataSource) -> DatasetSpec:
     """The concrete :class:`DatasetSpec` of a data config (``cfg.name`` and, for a configurable
-    dataset, the fields its ``configure`` reads). A fixed dataset's spec is returned as it is.
+    dataset, ``cfg.root`` and ``cfg.options``). A fixed dataset's spec is returned as it is.
 
     Raises:
         UnknownNameError: ``cfg.name`` is not registered.
         DataNotFoundError: a configurable dataset's files are not there.
     """
     spec = DATASETS.get(cfg.name)
-    return spec.configure(cfg) if spec.configure is not None else spec
+    return spec.configure(cfg.root, cfg.options) if spec.configure is not None else spec
 
 
 def build_dataset(

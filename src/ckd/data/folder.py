@@ -43,7 +43,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -51,10 +50,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetSpec
+from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetOptions, DatasetSpec
 from ckd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 from ckd.data.transforms import cifar_transform
-from ckd.errors import ConfigError, one_line, show
+from ckd.errors import ConfigError, one_line, require, show
 
 NAME = "folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -163,21 +162,50 @@ def stratified_holdout(
     return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class FolderOptions:
-    """The data-config fields a folder dataset reads (see the module doc for the defaults)."""
+@dataclass
+class FolderOptions(DatasetOptions):
+    """The data-config keys a folder dataset declares (see the module doc for the defaults)."""
 
-    root: str | None
-    image_size: int | None = None
-    channels: int | None = None
-    val_fraction: float | None = None
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
+    image_size: int | None = None  # side of the square model input (<= 64: CIFAR-style crops)
+    channels: int | None = None  # 1 (greyscale) or 3 (RGB)
+    val_fraction: float | None = None  # no ROOT/val: hold out this fraction of each class
+    mean: list[float] | None = None  # per-channel normalisation (null: ImageNet's)
+    std: list[float] | None = None
 
-    @classmethod
-    def of(cls, cfg: Any) -> FolderOptions:
-        """From a data config (any object with these attributes; missing ones are null)."""
-        return cls(**{k: getattr(cfg, k, None) for k in cls.__dataclass_fields__})
+    def validate(self) -> None:
+        require(
+            self.image_size is None or self.image_size >= 8,
+            f"data.image_size must be >= 8 or null; got {show(self.image_size)}",
+        )
+        require(
+            self.channels in (None, 1, 3) and not isinstance(self.channels, bool),
+            "data.channels must be 1 (greyscale), 3 (RGB) or null (from the images); "
+            f"got {show(self.channels)}",
+        )
+        require(
+            self.val_fraction is None or 0 < self.val_fraction < 1,
+            f"data.val_fraction must be in (0, 1) or null; got {show(self.val_fraction)}",
+        )
+        mean, std = self.mean, self.std
+        require(
+            (mean is None) == (std is None),
+            f"data.mean and data.std go together; got only {'mean' if std is None else 'std'}",
+        )
+        if mean is not None and std is not None:
+            require(
+                len(mean) == len(std) and len(mean) in (1, 3),
+                f"data.mean and data.std need 1 or 3 values each, as many as channels; got "
+                f"{show(mean)} and {show(std)}",
+            )
+            require(
+                self.channels is None or len(mean) == self.channels,
+                f"data.mean needs {self.channels} value(s) for data.channels={self.channels}; "
+                f"got {show(mean)}",
+            )
+            require(all(x > 0 for x in std), f"data.std must be > 0; got {show(std)}")
+
+    def channels_known(self) -> int | None:
+        return len(self.mean) if self.mean is not None else self.channels
 
 
 def _transforms(
@@ -288,9 +316,9 @@ def locate(root: str | None) -> Path:
     return train_dir
 
 
-def configure(cfg: Any) -> DatasetSpec:
-    """Read the folder a data config names: its classes and split files, channels, image size
-    and normalisation, as a :class:`DatasetSpec` whose ``build(root, train, augment,
+def configure(root: str | None, o: FolderOptions) -> DatasetSpec:
+    """Read the folder ``root`` with options ``o``: its classes and split files, channels,
+    image size and normalisation, as a :class:`DatasetSpec` whose ``build(root, train, augment,
     download)`` gives the train or test split (``root`` and ``download`` are ignored: the
     folder was read here).
 
@@ -298,8 +326,7 @@ def configure(cfg: Any) -> DatasetSpec:
         DataNotFoundError: no ``root/train`` with class folders of images, or no test split.
         ConfigError: ``val_fraction`` together with a ``root/val`` folder.
     """
-    o = FolderOptions.of(cfg)
-    train_dir = locate(o.root)
+    train_dir = locate(root)
     val_dir = train_dir.parent / "val"
     classes = class_folders(train_dir)
     if not classes:
@@ -357,67 +384,7 @@ def _build_default(
     root: str | None, train: bool, augment: bool = True, download: bool = False, verify: bool = True
 ):
     """``build_dataset("folder", root, ...)``: the folder with every option at its default."""
-    return configure(FolderOptions(root)).build(root, train, augment, download, verify)
+    return configure(root, FolderOptions()).build(root, train, augment, download, verify)
 
 
-DATASETS.register(NAME)(DatasetSpec(None, _build_default, configure, locate))
-
-
-FOLDER_KEYS = ("image_size", "channels", "val_fraction", "mean", "std")
-"""The data keys of a configurable dataset (``folder``); null for the others."""
-
-
-def data_options_channels(d: Any) -> int | None:
-    """Check the folder keys of the data section; return the number of input channels when it
-    is known without reading the data (a fixed dataset's, or ``data.channels``)."""
-    spec = DATASETS.get(d.name)
-    if spec.info is not None:
-        for key in FOLDER_KEYS:
-            _require(
-                getattr(d, key) is None,
-                f"data.{key} is for data.name=folder (your own images); {d.name} has "
-                f"{spec.info.in_channels}x{spec.info.image_size}x{spec.info.image_size} images "
-                "and its own split and normalisation: remove it",
-            )
-        return spec.info.in_channels
-    _require(
-        d.root is not None,
-        f"data.root: data.name={d.name} needs the folder of your images "
-        "(ROOT/train/<class>/..., ROOT/val/<class>/...)",
-    )
-    _require(
-        d.image_size is None or d.image_size >= 8,
-        f"data.image_size must be >= 8 or null; got {show(d.image_size)}",
-    )
-    _require(
-        d.channels in (None, 1, 3) and not isinstance(d.channels, bool),
-        "data.channels must be 1 (greyscale), 3 (RGB) or null (from the images); "
-        f"got {show(d.channels)}",
-    )
-    _require(
-        d.val_fraction is None or 0 < d.val_fraction < 1,
-        f"data.val_fraction must be in (0, 1) or null; got {show(d.val_fraction)}",
-    )
-    _require(
-        (d.mean is None) == (d.std is None),
-        f"data.mean and data.std go together; got only {'mean' if d.std is None else 'std'}",
-    )
-    if d.mean is not None and d.std is not None:
-        _require(
-            len(d.mean) == len(d.std) and len(d.mean) in (1, 3),
-            f"data.mean and data.std need 1 or 3 values each, as many as channels; got "
-            f"{show(d.mean)} and {show(d.std)}",
-        )
-        _require(
-            d.channels is None or len(d.mean) == d.channels,
-            f"data.mean needs {d.channels} value(s) for data.channels={d.channels}; "
-            f"got {show(d.mean)}",
-        )
-        _require(all(x > 0 for x in d.std), f"data.std must be > 0; got {show(d.std)}")
-        return len(d.mean)
-    return d.channels
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+DATASETS.register(NAME)(DatasetSpec(None, _build_default, configure, locate, FolderOptions))

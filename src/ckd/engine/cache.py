@@ -62,7 +62,8 @@ from ckd.data.fast import GENERATOR, AugParams, MemoryData, augment_batch, draw_
 from ckd.engine.lock import pid_alive
 from ckd.errors import ConfigError, show
 from ckd.integrity import block_sha256
-from ckd.methods.base import Outputs, run_network
+from ckd.methods.base import Outputs
+from ckd.methods.views import run_network
 from ckd.schema import flatten
 
 FORMAT = "ckd/teacher-cache/2"  # 2: per-epoch sha256 of every array

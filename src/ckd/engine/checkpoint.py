@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import ckd.faults as faults
-from ckd.errors import CheckpointError
+from ckd.errors import CheckpointError, ConfigError
 from ckd.integrity import CHECKSUM_KEY, payload_sha256
 from ckd.models.weights import read_checkpoint
 
@@ -96,6 +96,18 @@ def fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def find_checkpoint(source: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``last.pt`` (the last epoch: the one reported)."""
+    p = Path(source)
+    if p.is_dir():
+        if not (p / "last.pt").is_file():
+            raise ConfigError(f"{p} is a folder without last.pt; give a run folder or a checkpoint")
+        return p / "last.pt"
+    if not p.is_file():
+        raise ConfigError(f"{str(p)!r} does not exist; give a run folder or a checkpoint file")
+    return p
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

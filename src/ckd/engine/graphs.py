@@ -45,8 +45,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ckd.config import BaseConfig
 from ckd.engine.loaders import MicroBatch
-from ckd.methods.base import Outputs
+from ckd.methods.base import METHODS, Outputs
 
 #: Eager steps (on a side stream) before the step is captured.
 WARMUP_STEPS = 3
@@ -268,7 +269,7 @@ class GraphedStep:
         self, micro_batches: list[MicroBatch], source: Any, lr: float, epoch: int, step: int
     ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """One step on the single micro-batch of ``micro_batches``; ``source`` is its
-        :data:`~ckd.methods.base.TeacherSource` (None: the live teacher, inside the graph)."""
+        :data:`~ckd.methods.distiller.TeacherSource` (None: the live teacher, inside the graph)."""
         if len(micro_batches) != 1:
             raise RuntimeError("run.cuda_graphs captures one micro-batch per step")
         (mb,) = micro_batches
@@ -299,15 +300,14 @@ def _on_stream(stream: Any, device: torch.device) -> Iterator[None]:
     torch.cuda.current_stream(device).wait_stream(stream)
 
 
-def graph_obstacle(cfg: Any) -> str | None:
-    """Why ``cfg`` cannot run as a captured CUDA graph, whatever the machine (None: it can).
-    The device and the number of processes are checked when the run starts
-    (:meth:`~ckd.engine.runtime.Runtime.start`)."""
-    from ckd.methods import METHODS
-
+def graph_obstacle(cfg: BaseConfig, fixed_shapes: bool) -> str | None:
+    """Why ``cfg`` cannot run as a captured CUDA graph, whatever the machine (None: it can);
+    ``fixed_shapes``: whether its task's batches all have one shape
+    (:attr:`~ckd.engine.task.Task.fixed_shapes`). The device and the number of processes are
+    checked when the run starts (:meth:`~ckd.engine.runtime.Runtime.start`)."""
     r = cfg.run
-    if cfg.task != "classification":
-        return f"{cfg.task} batches change shape from step to step; only classification is graphed"
+    if not fixed_shapes:
+        return f"{cfg.task} batches change shape from step to step, which a graph cannot replay"
     if r.amp == "fp16":
         return "fp16's grad scaler reads its overflow check on the host; use run.amp=bf16"
     if cfg.optim.accum_steps != 1:

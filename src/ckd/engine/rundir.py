@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ckd.config import config_from_dict
 from ckd.engine.checkpoint import FORMAT, load_for_resume, serialize, write_atomic
 from ckd.engine.lock import LOCK_NAME, FolderLock, pid_alive
 from ckd.errors import CheckpointError, ConfigError, RunDirError, show
@@ -72,7 +73,6 @@ def config_difference(started: dict[str, Any], now: dict[str, Any]) -> str | Non
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:
     """A run's saved config as today's schema reads it (defaults of later settings filled in,
     moved keys moved), as a plain mapping."""
-    from ckd.config import config_from_dict
 
     return config_from_dict(saved, files=False, saved=True).to_dict()
 

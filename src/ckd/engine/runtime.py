@@ -97,8 +97,11 @@ def cuda_graphs_enabled(
 ) -> bool:
     """``run.cuda_graphs`` for this run: ``auto`` is on where the step can be captured
     (``obstacle`` is None: see :func:`ckd.engine.graphs.graph_obstacle`, a CUDA device, one
-    process), ``true`` is on there and a ConfigError elsewhere."""
-    if device.type != "cuda":
+    process), ``true`` is on there and a ConfigError elsewhere (the config's own obstacle named
+    first: it holds on every machine)."""
+    if obstacle is not None:
+        pass
+    elif device.type != "cuda":
         obstacle = f"it needs a CUDA device; this run is on {device.type}"
     elif distributed:
         obstacle = "several processes (torchrun) are not graphed; run one process per run"
@@ -142,6 +145,7 @@ class Runtime:
                 f"run.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on "
                 f"{device.type}); set run.sync_bn=false"
             )
+        graphs = cuda_graphs_enabled(run.cuda_graphs, device, ctx.distributed, graph_obstacle)
         if run.compile == "reduce-overhead" and device.type != "cuda":
             raise ConfigError(
                 "run.compile=reduce-overhead is torch.compile's CUDA graphs: it needs a CUDA "
@@ -154,7 +158,7 @@ class Runtime:
             channels_last_enabled(run.channels_last, device),
             run.compile,
             run.sync_bn and ctx.distributed,
-            cuda_graphs_enabled(run.cuda_graphs, device, ctx.distributed, graph_obstacle),
+            graphs,
         )
 
     @property

@@ -3,19 +3,22 @@
 The choice is made once, at start-up, by :func:`teacher_outputs`: a cache (``run.teacher_cache``,
 :mod:`ckd.engine.cache`) when the run names one and it holds what the methods read, else the
 live teacher (run lazily by the distiller, only when a method asks). The trainer asks the chosen
-object for each micro-batch's :data:`~ckd.methods.base.TeacherSource` and never reads
-``run.teacher_cache`` itself; ``ckd cache build`` builds a cache through :func:`build_for`.
+object for each micro-batch's :data:`~ckd.methods.distiller.TeacherSource` and never reads
+``run.teacher_cache`` itself; ``ckd cache build`` builds a cache through
+:func:`build_teacher_cache`.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ckd.config import BaseConfig
 from ckd.engine.cache import (
     TeacherCache,
     build_cache,
@@ -27,8 +30,11 @@ from ckd.engine.cache import (
     verify_cache,
 )
 from ckd.engine.loaders import MicroBatch
+from ckd.engine.runtime import Runtime
+from ckd.engine.schedule import Schedule
+from ckd.engine.task import TASKS, Task
 from ckd.errors import ConfigError
-from ckd.methods.base import TeacherSource
+from ckd.methods.distiller import TeacherSource
 
 #: Batches of the run's own first epoch that are recomputed to verify a teacher cache.
 CACHE_VERIFY_BATCHES = 2
@@ -54,7 +60,7 @@ class CachedTeacher:
         return functools.partial(self.cache.outputs, epoch, micro.index, self.device, self.features)
 
 
-def cache_epochs(task: Any, total_steps: int) -> int:
+def cache_epochs(task: Task, total_steps: int) -> int:
     """The epochs a cache must cover for a run of ``total_steps`` steps."""
     return -(-total_steps // task.loader.steps_per_epoch)
 
@@ -119,29 +125,22 @@ def teacher_outputs(
     return CachedTeacher(cache, rt.device, d.needs.features)
 
 
-def cache_command(
-    config: str,
-    overrides: list[str],
-    out: str | None,
-    features: bool,
-    force: bool,
-    echo: Callable[[str], None] = print,
+def live_teacher_possible(cfg: BaseConfig) -> bool:
+    """Whether the run may use the live teacher alone (no cache named), so that compiling it
+    pays off (``run.compile``)."""
+    return cfg.run.teacher_cache is None
+
+
+def build_teacher_cache(
+    cfg: BaseConfig, features: bool, force: bool, echo: Callable[[str], None] = print
 ) -> str:
-    """``ckd cache build``: build (or find up to date) the teacher cache of a config's run."""
-    import os
-
-    from ckd.config import load_config
-    from ckd.engine.runtime import Runtime
-    from ckd.tasks import TASKS
-
-    overrides = [*overrides, "data.loader=fast"]
-    if out:
-        overrides.append(f"run.teacher_cache={out}")
-    cfg = load_config(config, overrides)
+    """``ckd cache build``: build (or find up to date) the teacher cache ``run.teacher_cache``
+    of the run ``cfg`` describes (its fast loader's views of every epoch); ``force``: replace a
+    cache (or a partial build of one) that is there. Returns the line that says what was done."""
     folder = cfg.run.teacher_cache
     if folder is None:
         raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
-    if getattr(cfg, "teacher", None) is None:
+    if cfg.teacher_section() is None:
         raise ConfigError(f"cache build: method {cfg.method.name!r} uses no teacher")
     replace = force and os.path.lexists(folder)
     if replace:
@@ -154,8 +153,6 @@ def cache_command(
     rt = Runtime.start(cfg.run, cfg.data.batch_size, cfg.optim.accum_steps)
     task = TASKS.get(cfg.task)(cfg, rt)
     rt.place(task.distiller, teacher_compiled=False)
-    from ckd.engine.schedule import Schedule
-
     total = Schedule.of(cfg.optim, task.loader.steps_per_epoch, cfg.data.batch_size).total
     epochs = cache_epochs(task, total)
     if replace:

@@ -49,10 +49,11 @@ from ckd.engine.metrics import MetricsLog
 from ckd.engine.rundir import RunFolder
 from ckd.engine.runtime import Runtime
 from ckd.engine.schedule import Schedule
-from ckd.engine.teacher import teacher_outputs
+from ckd.engine.task import TASKS
+from ckd.engine.teacher import live_teacher_possible, teacher_outputs
 from ckd.engine.window import ProgressLines, Window
 from ckd.errors import CheckpointError, Diverged, Interrupted, one_line
-from ckd.methods.base import Distiller
+from ckd.methods.distiller import Distiller
 from ckd.signals import StopRequests
 from ckd.signals import name as signal_name
 
@@ -97,8 +98,9 @@ class Trainer:
         self, cfg: BaseConfig, resume: bool = False, echo: Callable[[str], None] = _say
     ) -> None:
         self.cfg = cfg
+        obstacle = graph_obstacle(cfg, TASKS.get(cfg.task).fixed_shapes)
         self.runtime = rt = Runtime.start(
-            cfg.run, cfg.data.batch_size, cfg.optim.accum_steps, graph_obstacle(cfg)
+            cfg.run, cfg.data.batch_size, cfg.optim.accum_steps, obstacle
         )
         self.echo = rt.echo(echo)
         out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir is not None else cfg.default_out_dir()
@@ -111,13 +113,11 @@ class Trainer:
             raise
 
     def _build(self, cfg: BaseConfig, rt: Runtime) -> None:
-        from ckd.tasks import TASKS
-
         ckpt = self.folder.checkpoint(cfg.to_dict())
         seed_everything(cfg.run.seed)
         self.task = TASKS.get(cfg.task)(cfg, rt)
         self.distiller = d = self.task.distiller
-        rt.place(d, teacher_compiled=cfg.run.teacher_cache is None)
+        rt.place(d, teacher_compiled=live_teacher_possible(cfg))
         o = cfg.optim
         self.optimizer = torch.optim.SGD(
             d.trainable_parameters(),
@@ -216,6 +216,13 @@ class Trainer:
             return f"iteration {done}"
         epoch, position = divmod(done - 1, self.steps_per_epoch)
         return f"epoch {epoch + 1}, step {position + 1} of {self.steps_per_epoch}"
+
+    def _progress_where(self, step: int) -> str:
+        """Where ``step`` steps are in the schedule, for a progress line."""
+        if self.by_epoch:
+            epoch, done = divmod(step, self.steps_per_epoch)
+            return f"epoch {epoch + 1}/{self.cfg.optim.length}, step {done}/{self.steps_per_epoch}"
+        return f"iter {step}/{self.cfg.optim.length}"
 
     def _kept(self) -> str:
         if self._saved is None:
@@ -372,7 +379,13 @@ class Trainer:
         last = log.row_at(s.step) if s.step >= total else None
         show = cfg.run.progress and sys.stderr.isatty() and rt.is_main
         bar = tqdm(total=total, initial=s.step, disable=not show, leave=False, dynamic_ncols=True)
-        lines = ProgressLines(self, cfg.run.progress and not show and rt.is_main)
+        lines = ProgressLines(
+            cfg.run.progress_seconds,
+            cfg.run.progress and not show and rt.is_main,
+            self._progress_where,
+            rt.dist.world_size,
+            self.echo,
+        )
         # the checkpoint's window holds every process's sums: rank 0 takes it over
         window = Window.restore(self._window if rt.is_main else None, rt.device)
         metrics, lr = None, self.schedule(s.step)

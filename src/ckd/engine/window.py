@@ -6,14 +6,12 @@ and :class:`ProgressLines`, a line every ``run.progress_seconds`` when no progre
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ckd.engine.runtime import Runtime
-
-if TYPE_CHECKING:
-    from ckd.engine.trainer import Trainer
 
 
 class Window:
@@ -125,10 +123,17 @@ class ProgressLines:
     checked against the clock each step (no host sync: the loss is read only when a line is
     due)."""
 
-    def __init__(self, trainer: Trainer, enabled: bool) -> None:
-        self.trainer = trainer
-        self.seconds = trainer.cfg.run.progress_seconds
-        self.enabled = enabled and self.seconds > 0
+    def __init__(
+        self,
+        seconds: float,
+        enabled: bool,
+        position: Callable[[int], str],
+        world_size: int,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.seconds = seconds
+        self.enabled = enabled and seconds > 0
+        self.position, self.world_size, self.echo = position, world_size, echo
         self.reset()
 
     def reset(self) -> None:
@@ -136,16 +141,11 @@ class ProgressLines:
         self.due = time.monotonic() + self.seconds
 
     def tick(self, step: int, window: Window) -> None:
+        """``step`` steps are done: print a line when one is due (``position(step)`` says where,
+        e.g. ``epoch 2/10, step 5/40``)."""
         if not self.enabled or time.monotonic() < self.due:
             return
         self.reset()
-        t = self.trainer
         loss, samples, seconds = window.running_loss()
-        rate = samples * t.runtime.dist.world_size / max(seconds, 1e-9)
-        o = t.cfg.optim
-        if t.by_epoch:
-            epoch, done = divmod(step, t.steps_per_epoch)
-            where = f"epoch {epoch + 1}/{o.length}, step {done}/{t.steps_per_epoch}"
-        else:
-            where = f"iter {step}/{o.length}"
-        t.echo(f"  {where}: loss {loss:.4f} since the last row, {rate:.0f} img/s")
+        rate = samples * self.world_size / max(seconds, 1e-9)
+        self.echo(f"  {self.position(step)}: loss {loss:.4f} since the last row, {rate:.0f} img/s")

@@ -1,4 +1,4 @@
-"""The method contract and the distiller that runs methods, for every task.
+"""The method contract, for every task.
 
 A **method** is a pure loss function (in :mod:`ckd.losses`) plus a thin :class:`Method` module
 that turns one training :class:`Batch` into a dict of named, already weighted distillation
@@ -6,34 +6,24 @@ terms. A method may own learnable parts (regressors, embeddings, memory banks): 
 trained, checkpointed and counted like any module.
 
 A method never sees images, detections or a task: it reads the **views** a task gives of a
-batch, :class:`Outputs` of the student and of the teacher (logits ``[B, K]``, one row per
-sample; stage feature maps; a pooled embedding) and ``targets`` (``[B]``, the class of each
-row). For classification a row is an image; for detection it is a region of interest sampled
-for the student's box head (:mod:`ckd.detection.view`). So ``ckd``, ``kd`` and ``dkd`` are one
-file each and serve both tasks; ``Method.tasks`` says which tasks a method serves.
-
-The **distiller** owns the student and the frozen teacher (eval mode, no gradient, never in the
-optimizer). Its :class:`View` (the task's) runs the student, giving its outputs and the task's
-own loss terms (the label cross-entropy; a detector's losses), which the distiller weights by
-the first method's ``w_ce``; the teacher runs at most once per batch, on first access. The
-trainer only sees the distiller; it never knows which method or task runs. Several methods may
-run together (a feature loss plus a logit loss): their terms are summed, and a term name given
-by several methods is taken from the first one.
+batch (:mod:`ckd.methods.views`), :class:`Outputs` of the student and of the teacher (logits
+``[B, K]``, one row per sample; stage feature maps; a pooled embedding) and ``targets``
+(``[B]``, the class of each row). For classification a row is an image; for detection it is a
+region of interest sampled for the student's box head. So ``ckd``, ``kd`` and ``dkd`` are one
+file each and serve both tasks; ``Method.tasks`` says which tasks a method serves. The
+:class:`~ckd.methods.distiller.Distiller` runs the methods of a run around its networks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ckd.errors import show
-from ckd.losses._checks import wide
-from ckd.models.features import INPUT_SUFFIX, FeatureExtractor, feature_names
 from ckd.registry import Registry
 
 
@@ -107,12 +97,6 @@ class Needs:
 
     features: bool = False
     preact: bool = False
-
-
-#: Teacher outputs given to a batch instead of running the teacher: the outputs, a function
-#: returning them (called at most once, on first access), or None (run the teacher, lazily).
-#: They must hold what the methods read (features, pre-activations) and be ordinary tensors.
-TeacherSource = Outputs | Callable[[], Outputs] | None
 
 
 class Batch:
@@ -210,62 +194,6 @@ class Method(nn.Module):
 METHODS: Registry[type[Method]] = Registry("method")
 
 
-class View(Protocol):
-    """How a task runs its networks on a batch and shows the result to the methods."""
-
-    def student(
-        self, net: nn.Module, inputs: Any, targets: Any, needs: Needs
-    ) -> tuple[Outputs, torch.Tensor, dict[str, torch.Tensor], Any]:
-        """``(outputs, targets of the logit rows, the task's own loss terms (unweighted),
-        context for the teacher)``."""
-        ...
-
-    def teacher(self, net: nn.Module, inputs: Any, context: Any, needs: Needs) -> Outputs:
-        """The teacher's outputs for the same rows (called under ``no_grad``)."""
-        ...
-
-
-class ClassifierView:
-    """Classification: a row per image, and the label cross-entropy as the task's loss."""
-
-    def student(
-        self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, needs: Needs
-    ) -> tuple[Outputs, torch.Tensor, dict[str, torch.Tensor], None]:
-        out = run_network(net, inputs, needs.features, needs.preact)
-        # float32 (bf16 / fp16 logits promoted), float64 logits in float64, as the losses
-        return out, targets, {"ce": F.cross_entropy(wide(out.logits), targets)}, None
-
-    def teacher(self, net: nn.Module, inputs: torch.Tensor, context: None, needs: Needs) -> Outputs:
-        return run_network(net, inputs, needs.features, needs.preact)
-
-
-def run_network(
-    model: nn.Module, images: torch.Tensor, features: bool, preact: bool = False
-) -> Outputs:
-    """Forward ``model``; with ``features``, also read its stages and embedding by hooks, and
-    with ``preact`` the stage maps before their ReLU (the model's ``preact_names``)."""
-    if not (features or preact):
-        return Outputs(model(images))
-    stages, classifier = feature_names(model, images)
-    embed = f"{classifier}{INPUT_SUFFIX}"
-    pre = preact_names(model) if preact else None
-    with FeatureExtractor(model, [*stages, embed, *(pre or ())]) as fx:
-        logits = model(images)
-    feats = tuple(fx.features[n] for n in stages)
-    pre_maps = tuple(fx.features[n] for n in pre) if pre else (feats if preact else ())
-    return Outputs(logits, feats, fx.features[embed], pre_maps)
-
-
-def preact_names(model: nn.Module) -> tuple[str, ...] | None:
-    """The hook names of ``model``'s pre-activation stage maps (aligned with its
-    ``stage_names``), or None when it names none (torchvision, timm models)."""
-    names = getattr(model, "preact_names", None)
-    stages = getattr(model, "stage_names", None)
-    if not names or not stages or len(names) != len(stages):
-        return None
-    return tuple(names)
-
-
 def aligned_stages(setup: Setup, method: str) -> tuple[list[int], list[int]]:
     """Indices of the student's and teacher's stage features a feature method pairs: the
     deepest ``min(n_s, n_t)`` of each, less the stem when the networks have one (aligned from
@@ -277,117 +205,3 @@ def aligned_stages(setup: Setup, method: str) -> tuple[list[int], list[int]]:
     if n < 1:
         raise ValueError(f"{method} needs at least two stage features per network")
     return list(range(n_s - n, n_s)), list(range(n_t - n, n_t))
-
-
-def network_shapes(model: nn.Module, num_classes: int, sample: torch.Tensor) -> Shapes:
-    """Feature shapes of ``model`` on ``sample`` ``[1+, C, H, W]`` (eval mode, no gradient)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = run_network(model, sample, features=True)
-    model.train(was_training)
-    assert out.embedding is not None
-    return Shapes(
-        tuple(tuple(f.shape[1:]) for f in out.feats), int(out.embedding.shape[1]), num_classes
-    )
-
-
-class Distiller(nn.Module):
-    """Student (trained) + frozen teacher + one or more methods whose terms are summed, run
-    through the task's :class:`View` (classification's by default)."""
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module | None,
-        methods: list[Method],
-        view: View | None = None,
-    ) -> None:
-        super().__init__()
-        if not methods:
-            raise ValueError("a distiller needs at least one method")
-        needing = [type(m).__name__ for m in methods if m.needs_teacher]
-        if needing and teacher is None:
-            raise ValueError(f"method {needing[0]} needs a teacher")
-        self.student = student
-        self.teacher = teacher
-        self.methods = nn.ModuleList(methods)
-        self.view: View = view if view is not None else ClassifierView()
-        preact = any(m.needs_preact for m in methods)
-        self.needs = Needs(features=preact or any(m.needs_features for m in methods), preact=preact)
-        if teacher is not None:
-            teacher.requires_grad_(False)
-            teacher.eval()
-        for method in methods:
-            method.attach(student, teacher)
-
-    @property
-    def needs_features(self) -> bool:
-        return self.needs.features
-
-    def train(self, mode: bool = True) -> Distiller:
-        """Train/eval the student and methods; the teacher always stays in eval mode."""
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
-
-    @torch.no_grad()
-    def teacher_outputs(self, inputs: Any, context: Any = None) -> Outputs:
-        """The teacher's outputs for a batch, without gradient, in eval mode (``context``: what
-        the view's student pass left for it, e.g. a detector's sampled RoIs)."""
-        if self.teacher is None:
-            raise RuntimeError("this distiller has no teacher")
-        return self.view.teacher(self.teacher, inputs, context, self.needs)
-
-    def forward(self, inputs: Any) -> Any:
-        """Inference: the student's output (a classifier's logits ``[B, K]``)."""
-        return self.student(inputs)
-
-    def forward_train(
-        self, inputs: Any, targets: Any, teacher: TeacherSource = None, **ctx: Any
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One training batch -> (student logits ``[B, K]``, {term name: weighted scalar}).
-
-        ``ctx`` (``epoch``, ``step``, ``index``, ``gather``) is passed on to every method in the
-        :class:`Batch`; ``teacher`` gives the teacher's outputs instead of running it (e.g. from
-        a cache; see :data:`TeacherSource`).
-        """
-        out, rows, own, context = self.view.student(self.student, inputs, targets, self.needs)
-        w_ce = self.methods[0].options.w_ce
-        terms = {name: w_ce * value for name, value in own.items()}
-
-        def run_teacher() -> Outputs:
-            if teacher is None:
-                return self.teacher_outputs(inputs, context)
-            return teacher if isinstance(teacher, Outputs) else teacher()
-
-        batch = Batch(out, rows, run_teacher, **ctx)
-        for method in self.methods:
-            for name, value in method(batch).items():
-                terms.setdefault(name, value)
-        return out.logits, terms
-
-    # ----- parameters and state -----
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        """The student's and the methods' parameters that train (never the teacher's)."""
-        for name, p in self.named_parameters():
-            if not name.startswith("teacher.") and p.requires_grad:
-                yield p
-
-    def extra_parameters(self) -> int:
-        """Number of trainable parameters the methods add beyond the student."""
-        return sum(p.numel() for p in self.methods.parameters())
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """State of the student and the methods (the teacher is not saved)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint does not fit this method/student: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )

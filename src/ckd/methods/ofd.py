@@ -34,8 +34,8 @@ from ckd.methods.base import (
     MethodOptions,
     Setup,
     aligned_stages,
-    preact_names,
 )
+from ckd.methods.views import preact_names
 
 
 # ----------------------------------------------------------------------------- OFD

@@ -2,29 +2,29 @@
 R-CNN student and teacher with FPN, COCO box (and mask) AP.
 
 The methods see a row per RoI sampled for the student's box head and the FPN levels as stage
-maps (:class:`~ckd.detection.view.DetectorView`); the detector's own losses are the task's
+maps (:class:`~ckd.tasks.detection.view.DetectorView`); the detector's own losses are the task's
 loss. Rank 0 alone evaluates (COCOeval needs every detection in one place) and hands the
 metrics to the other processes.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ckd.detection.config import DetConfig
-from ckd.detection.data import CocoDetection, collate, val_loader
-from ckd.detection.evaluate import evaluate_detector
-from ckd.detection.models import build_detector
-from ckd.detection.shapes import make_shapes, shapes_present
-from ckd.detection.view import DetectorView, fpn_levels
 from ckd.engine.loaders import MicroBatch, StandardLoader
+from ckd.engine.runtime import Runtime
+from ckd.engine.task import Task, register_task
 from ckd.errors import ConfigError
-from ckd.methods import METHODS, Distiller, Setup, Shapes
-from ckd.tasks import TASKS, Task
+from ckd.methods import Distiller, Shapes
+from ckd.methods import build_distiller as assemble
+from ckd.tasks.detection.config import DetConfig
+from ckd.tasks.detection.data import CocoDetection, collate, val_loader
+from ckd.tasks.detection.evaluate import evaluate_detector
+from ckd.tasks.detection.models import build_detector
+from ckd.tasks.detection.shapes import make_shapes, shapes_present
+from ckd.tasks.detection.view import DetectorView, fpn_levels
 
 
 def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -66,29 +66,30 @@ def fpn_shapes(model: nn.Module, num_classes: int) -> Shapes:
 
 
 def build_distiller(cfg: DetConfig, num_classes: int, num_train: int) -> Distiller:
-    """Student and teacher detectors (the teacher's weights loaded) and the methods."""
+    """Student and teacher detectors (the teacher's weights loaded) and the methods, which see
+    the detectors through :class:`~ckd.tasks.detection.view.DetectorView`."""
     student = build_detector(cfg.student, cfg.detector, cfg.input, num_classes)
     teacher = None
     if cfg.teacher is not None:
         teacher = build_detector(cfg.teacher, cfg.detector, cfg.input, num_classes)
-    parts = cfg.method.parts()
-    classes = [METHODS.get(p.name) for p in parts]
-    shapes: dict[str, Shapes | None] = {"student": None, "teacher": None}
-    if any(c.needs_features or c.needs_preact for c in classes):
-        shapes["student"] = fpn_shapes(student, num_classes)
-        if teacher is not None:
-            shapes["teacher"] = fpn_shapes(teacher, num_classes)
-    setup = Setup(num_classes, num_train, **shapes)
-    methods = [cls(p.options, setup) for cls, p in zip(classes, parts, strict=True)]
-    return Distiller(student, teacher, methods, view=DetectorView())
+    return assemble(
+        cfg.method.parts(),
+        student,
+        teacher,
+        num_classes,
+        num_train,
+        shapes=lambda net: fpn_shapes(net, num_classes),
+        view=DetectorView(),
+    )
 
 
-@TASKS.register("detection")
+@register_task("detection")
 class Detection(Task):
     Config = DetConfig
     score = "box_AP"
+    fixed_shapes = False  # images of varying sizes, a varying number of RoIs per batch
 
-    def __init__(self, cfg: DetConfig, runtime: Any) -> None:
+    def __init__(self, cfg: DetConfig, runtime: Runtime) -> None:
         self.cfg, self.runtime = cfg, runtime
         d = cfg.data
         self.train_set, self.val_set = build_datasets(cfg)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ckd.config import BaseConfig
-from ckd.errors import ConfigError, show
+from ckd.config import BaseConfig, DataSection
+from ckd.errors import require, show
 
 ARCHS = ("faster_rcnn", "mask_rcnn")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
@@ -19,7 +19,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @dataclass
-class DetDataConfig:
+class DetDataConfig(DataSection):
     name: Literal["coco", "shapes"] = "coco"
     # standard COCO layout: annotations/instances_{split}.json and {split}/ image folders
     root: str = "data/coco"
@@ -124,44 +124,44 @@ class DetConfig(BaseConfig):
                 _validate_model(role, getattr(self, role))
         for key in ("train_subset", "val_subset"):
             v = getattr(d, key)
-            _require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
-        _require(
+            require(v is None or v >= 1, f"data.{key} must be >= 1 or null; got {show(v)}")
+        require(
             not (d.name == "shapes" and d.labels == "category_id"),
             "data.labels: the shapes dataset uses contiguous labels; got 'category_id'",
         )
-        _require(
+        require(
             len(i.min_size) >= 1 and all(s >= 1 for s in i.min_size),
             f"input.min_size must be a non-empty list of sizes >= 1; got {show(i.min_size)}",
         )
-        _require(
+        require(
             i.max_size >= max(i.min_size),
             f"input.max_size must be >= min_size; got {show(i.max_size)}",
         )
-        _require(
+        require(
             i.test_min_size >= 1, f"input.test_min_size must be >= 1; got {show(i.test_min_size)}"
         )
         det = self.detector
-        _require(
+        require(
             len(det.anchor_sizes) == 5 and all(a > 0 for a in det.anchor_sizes),
             "detector.anchor_sizes needs 5 positive sizes (one per FPN level); "
             f"got {show(det.anchor_sizes)}",
         )
         for key in ("rpn_batch_size_per_image", "box_batch_size_per_image"):
-            _require(
+            require(
                 getattr(det, key) >= 1,
                 f"detector.{key} must be >= 1; got {show(getattr(det, key))}",
             )
-        _require(
+        require(
             det.box_detections_per_img >= 1,
             f"detector.box_detections_per_img must be >= 1; got {show(det.box_detections_per_img)}",
         )
-        _require(r.teacher_cache is None, "run.teacher_cache is for classification; set it to null")
-        _require(
+        require(r.teacher_cache is None, "run.teacher_cache is for classification; set it to null")
+        require(
             r.compile is False,
             "run.compile: a detector's distillation reads its RoIs and FPN levels through hooks, "
             "which torch.compile would retrace every step; set run.compile=false",
         )
-        _require(
+        require(
             not any(getattr(m.options, "global_negatives", False) for m in self.method.parts()),
             "method.global_negatives is for classification (RoI counts differ between "
             "processes); set it to false",
@@ -174,37 +174,30 @@ class DetConfig(BaseConfig):
                 continue
             for key in ("checkpoint", "backbone_checkpoint"):
                 path = getattr(m, key)
-                _require(
-                    path is None or Path(path).is_file(), f"{role}.{key}: no file {show(path)}"
-                )
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+                require(path is None or Path(path).is_file(), f"{role}.{key}: no file {show(path)}")
 
 
 def _validate_model(role: str, m: DetModelConfig) -> None:
-    _require(
+    require(
         m.backbone in BACKBONES,
         f"{role}.backbone: unknown backbone {show(m.backbone)}; known: {', '.join(BACKBONES)}",
     )
-    _require(
+    require(
         m.weights is None or m.backbone == "resnet50",
         f"{role}.weights: torchvision has COCO weights for resnet50 only; got {show(m.backbone)}",
     )
     for key in ("image_mean", "image_std"):
         v = getattr(m, key)
-        _require(len(v) == 3, f"{role}.{key} needs 3 values (RGB); got {show(v)}")
-    _require(
+        require(len(v) == 3, f"{role}.{key} needs 3 values (RGB); got {show(v)}")
+    require(
         all(s > 0 for s in m.image_std), f"{role}.image_std must be > 0; got {show(m.image_std)}"
     )
     top = 5 if m.backbone.startswith("resnet") else 6
-    _require(
+    require(
         0 <= m.trainable_layers <= top,
         f"{role}.trainable_layers must be in [0, {top}] for {m.backbone}; "
         f"got {show(m.trainable_layers)}",
     )
-    _require(m.width_mult > 0, f"{role}.width_mult must be > 0; got {show(m.width_mult)}")
+    require(m.width_mult > 0, f"{role}.width_mult must be > 0; got {show(m.width_mult)}")
     for key in ("fpn_channels", "representation_size", "mask_head_channels"):
-        _require(getattr(m, key) >= 1, f"{role}.{key} must be >= 1; got {show(getattr(m, key))}")
+        require(getattr(m, key) >= 1, f"{role}.{key} must be >= 1; got {show(getattr(m, key))}")

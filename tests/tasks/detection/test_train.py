@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from ckd.cli import main
-from ckd.detection.shapes import make_shapes
 from ckd.engine.checkpoint import load_checkpoint
-from tests.detection.helpers import CKD_REVIEW, teacher_section, tiny_config, tiny_model
+from ckd.tasks.detection.shapes import make_shapes
+from tests.tasks.detection.helpers import CKD_REVIEW, teacher_section, tiny_config, tiny_model
 
 # pycocotools 2.0 with NumPy 2: a warning from inside the library, harmless
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

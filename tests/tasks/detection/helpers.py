@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ckd.detection.config import DetModelConfig
-from ckd.detection.models import build_detector
+from ckd.tasks.detection.config import DetModelConfig
+from ckd.tasks.detection.models import build_detector
 
 NUM_CLASSES = 4  # 3 shapes + background
 
@@ -64,7 +64,7 @@ def tiny_config(root: Path, out_dir: Path, method: dict, teacher: dict | None = 
 
 def random_teacher(folder: Path, arch: str) -> Path:
     """A random teacher with BatchNorm (buffers to watch), saved as ``folder/<arch>.pt``."""
-    from ckd.detection.config import DetectorConfig, InputConfig
+    from ckd.tasks.detection.config import DetectorConfig, InputConfig
 
     m = DetModelConfig(**tiny_model("resnet18", 32, norm="bn"))
     size = InputConfig(min_size=[64], max_size=64, test_min_size=64)

@@ -18,7 +18,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from ckd.detection.data import CocoDetection
+from ckd.tasks.detection.data import CocoDetection
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -2,7 +2,7 @@
 
 Circles, squares and triangles (3 categories) of random colours and sizes on noisy backgrounds,
 written as PNG files plus ``annotations/instances_{train2017,val2017}.json`` with boxes and
-polygon masks, in COCO's standard layout (:class:`ckd.detection.data.CocoDetection` reads it).
+polygon masks, in COCO's standard layout (:class:`ckd.tasks.detection.data.CocoDetection` reads it).
 Shapes do not overlap, so every mask is the whole drawn polygon. A few images hold no shape
 (negatives, which training skips as for COCO). Deterministic given the seed.
 """

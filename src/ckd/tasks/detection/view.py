@@ -1,5 +1,5 @@
 """How a detector shows a training batch to the distillation methods (the detection task's
-:class:`~ckd.methods.base.View`).
+:class:`~ckd.methods.views.View`).
 
 1. The student runs as a whole, ``student(images, targets) -> its own losses`` (so it can be
    wrapped in DistributedDataParallel: nothing else calls into it). Hooks capture, on the way,
@@ -26,8 +26,8 @@ import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from ckd.detection.models import FPN_LEVELS
 from ckd.methods.base import Needs, Outputs
+from ckd.tasks.detection.models import FPN_LEVELS
 
 
 class Capture:

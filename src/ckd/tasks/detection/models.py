@@ -26,9 +26,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ckd.detection.config import DetectorConfig, DetModelConfig, InputConfig
 from ckd.errors import ConfigError
 from ckd.models import load_weights
+from ckd.tasks.detection.config import DetectorConfig, DetModelConfig, InputConfig
 
 FPN_LEVELS = ("0", "1", "2", "3", "pool")
 MOBILENET_RETURN = {"3": "0", "6": "1", "13": "2", "18": "3"}

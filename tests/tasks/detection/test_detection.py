@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckd.config import CONFIG_DIR, config_from_dict, load_config, read_yaml, shipped_configs
-from ckd.detection.data import CocoDetection, collate
-from ckd.detection.evaluate import STATS, evaluate_detector
-from ckd.detection.models import build_detector
-from ckd.detection.shapes import make_shapes
-from ckd.detection.view import capture
+from ckd.config import config_from_dict, load_config
+from ckd.config_files import CONFIG_DIR, read_yaml, shipped_configs
 from ckd.errors import ConfigError
 from ckd.losses import ckd_loss, dkd_loss, kd_loss
-from ckd.tasks.detection import build_distiller
-from tests.detection.helpers import (
+from ckd.tasks.detection.data import CocoDetection, collate
+from ckd.tasks.detection.evaluate import STATS, evaluate_detector
+from ckd.tasks.detection.models import build_detector
+from ckd.tasks.detection.shapes import make_shapes
+from ckd.tasks.detection.task import build_distiller
+from ckd.tasks.detection.view import capture
+from tests.tasks.detection.helpers import (
     CKD_REVIEW,
     NUM_CLASSES,
     random_teacher,
@@ -290,7 +291,7 @@ def test_a_detection_config_without_its_task_key_says_to_add_it(shapes, tmp_path
 
 
 def test_a_subset_larger_than_the_data_is_one_line(shapes, tmp_path):
-    from ckd.tasks.detection import build_datasets
+    from ckd.tasks.detection.task import build_datasets
 
     base = tiny_config(shapes, tmp_path, {"name": "vanilla"})
     for key, n in (("train_subset", 13), ("val_subset", 7)):  # 12 train / 6 val images
