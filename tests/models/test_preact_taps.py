@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ckd.models import FeatureExtractor, create_model, stage_features
-from ckd.models.common import channel_shuffle
+from ckd.models.zoo.common import channel_shuffle
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ckd.bench.timing import BenchSpec
+from ckd.engine.runtime import pick_device
 from ckd.errors import ConfigError
 
 #: The official code's distiller of each method (mdistiller's names); with --reference.
@@ -76,8 +77,6 @@ class ReferenceSteps:
 
     def __init__(self, spec: BenchSpec, method: str, data: Path, teacher: Path) -> None:
         from torch.utils.data import DataLoader
-
-        from ckd.engine.runtime import pick_device
 
         ref = _import_reference(spec.reference or "")
         self.device = pick_device(spec.device)

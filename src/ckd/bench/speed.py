@@ -63,9 +63,12 @@ from ckd.bench.timing import (
 )
 from ckd.config import config_from_dict
 from ckd.data import make_fake_cifar
+from ckd.engine import Trainer
 from ckd.engine.graphs import WARMUP_STEPS
+from ckd.engine.runtime import BF16_FLAGS, cpu_flags, native_bf16, pick_device
 from ckd.errors import ConfigError
-from ckd.models import create_model
+from ckd.methods import METHODS
+from ckd.models import MODELS, create_model
 
 PATHS = {
     "reference": "(r) official CKD code",
@@ -116,7 +119,6 @@ def machine() -> dict[str, Any]:
                 break
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    from ckd.engine.runtime import BF16_FLAGS, cpu_flags, native_bf16
 
     flags = cpu_flags()
     shown = sorted(f for f in flags if f in {"avx2", "avx512f", *BF16_FLAGS})
@@ -193,7 +195,6 @@ def bench_speed(
     workdir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Measure ``variants`` side by side; returns the figures (see :func:`format_report`)."""
-    from ckd.engine import Trainer
 
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
@@ -412,9 +413,6 @@ def speed_command(
     echo: Callable[[str], None] = print,
 ) -> str:
     """``ckd bench speed``: check the arguments, run, and return the report."""
-    from ckd.engine.runtime import pick_device
-    from ckd.methods import METHODS
-    from ckd.models import MODELS
 
     for name in (spec.teacher, spec.student):
         MODELS.get(name)

@@ -23,6 +23,9 @@ import torch
 
 import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.config import config_from_dict
+from ckd.engine import Trainer
+from ckd.engine.window import Window
+from ckd.losses import ckd_loss, kd_loss
 
 
 @dataclass
@@ -244,7 +247,6 @@ def train_epoch(trainer: Any, epoch: int) -> float:
     """Seconds of one training epoch as ``Trainer.fit`` runs it (each step's
     ``train_step``, the task's statistics and the loss terms summed on the device; no
     evaluation, no checkpoint), the device synchronised at the end."""
-    from ckd.engine.window import Window
 
     window, spe = Window(), trainer.steps_per_epoch
     trainer.distiller.train()
@@ -265,7 +267,6 @@ def _quiet(_msg: str) -> None:
 
 def loss_microbench(batch: int, classes: int, repeats: int = 200) -> dict[str, float]:
     """Microseconds per forward + backward of the CKD and KD losses alone, interleaved."""
-    from ckd.losses import ckd_loss, kd_loss
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(batch, classes, generator=g, requires_grad=True)
@@ -307,7 +308,6 @@ def _children_pss_mib() -> float:
 def _peak_memory_child(args: dict[str, Any]) -> dict[str, Any]:
     """Run in a fresh process: a few steps of one variant, then its peak memory: the main
     process's peak RSS and its growth over the RSS after imports, the workers' PSS."""
-    from ckd.engine import Trainer
 
     if args.get("threads"):
         torch.set_num_threads(args["threads"])

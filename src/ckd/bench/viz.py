@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ckd.bench.plots import save_figure
+from ckd.engine.runtime import pick_device
 from ckd.models.features import stage_features
+from ckd.tasks.classification import checkpoint_model
 
 
 @torch.no_grad()
@@ -123,9 +125,6 @@ def plot_command(
     """``ckd plot corr|tsne``: the figure of checkpoints' outputs on their test split; returns
     what it says."""
     from torch.utils.data import DataLoader
-
-    from ckd.engine.runtime import pick_device
-    from ckd.tasks.classification import checkpoint_model
 
     dev = pick_device(device)
 

@@ -1,4 +1,5 @@
-"""The CIFAR model zoo of the knowledge-distillation literature (RepDistiller / mdistiller).
+"""The models: the CIFAR model zoo of the knowledge-distillation literature (RepDistiller /
+mdistiller, :mod:`ckd.models.zoo`), torchvision and timm classifiers, feature hooks, weights.
 
 Every model maps [B, in_channels, 32, 32] images to [B, num_classes] logits and has the same
 layer names, parameter shapes and forward computation as the reference zoo, so reference
@@ -16,18 +17,6 @@ from __future__ import annotations
 
 from torch import nn
 
-# importing the architecture modules registers their models
-from ckd.models import (  # noqa: F401
-    mobilenetv1,
-    mobilenetv2,
-    resnet,
-    resnetv2,
-    shufflenetv1,
-    shufflenetv2,
-    vgg,
-    wrn,
-)
-from ckd.models.common import MODELS, ZooModel
 from ckd.models.external import PREFIXES, external_factory, is_external, torchvision_names
 from ckd.models.features import (
     FeatureExtractor,
@@ -37,6 +26,7 @@ from ckd.models.features import (
 )
 from ckd.models.normalize import Renormalize
 from ckd.models.weights import count_parameters, extract_state_dict, load_weights
+from ckd.models.zoo import MODELS, ZooModel  # importing the zoo registers its models
 
 
 def create_model(

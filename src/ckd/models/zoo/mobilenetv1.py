@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ckd.models.common import MODELS, ZooModel, init_conv_bn_
+from ckd.models.zoo.common import MODELS, ZooModel, init_conv_bn_
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ckd.models.common import MODELS, ZooModel, init_conv_bn_
+from ckd.models.zoo.common import MODELS, ZooModel, init_conv_bn_
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ckd.models.common import MODELS, ZooModel, channel_shuffle
+from ckd.models.zoo.common import MODELS, ZooModel, channel_shuffle
 
 
 class BasicUnit(nn.Module):

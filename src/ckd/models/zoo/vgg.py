@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ckd.models.common import MODELS, ZooModel, init_conv_bn_
+from ckd.models.zoo.common import MODELS, ZooModel, init_conv_bn_
 
 _CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),

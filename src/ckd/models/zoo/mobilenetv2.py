@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ckd.models.common import MODELS, ZooModel, init_conv_bn_
+from ckd.models.zoo.common import MODELS, ZooModel, init_conv_bn_
 
 # (expansion t, channels c, repeats n, first stride s); t = None means "use T"
 _SETTINGS: tuple[tuple[int | None, int, int, int], ...] = (
