@@ -39,9 +39,11 @@ test: install data
 test-slow: install data
 	$(PY) -m pytest -q -m slow
 
+# ruff, and the layers of the package (pyproject's [tool.importlinter] contracts)
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

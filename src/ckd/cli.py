@@ -7,7 +7,9 @@ and exits with code 2, having written nothing. A full disk is one line and exit 
 quietly with 141, as a process killed by SIGPIPE. A run that diverges (a non-finite loss,
 weight or evaluation) is one line and exit code 3. SIGINT and SIGTERM stop a run at the next
 step boundary with a resumable checkpoint: one line, exit code 130 or 143 (128 + the signal).
-``key=value`` overrides may come before or after flags.
+``key=value`` overrides may come before or after flags. Each command imports what it needs
+when it runs (``# deferred: start-up``), so that ``ckd --help``, ``ckd --version`` and
+``ckd list models`` answer at once, without loading torch.
 
 Why over 400 lines: it declares the parsers of thirteen commands (their flags, defaults and help
 texts) and one short dispatch function each; what the commands do lives in the package.
@@ -42,7 +44,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(config_yaml(cfg), end="", flush=True)
         check_files(cfg, data=True)  # missing data or teacher: the one-line error, exit 2
         return 0
-    from ckd.api import train
+    from ckd.api import train  # deferred: start-up
 
     run = train(args.config, args.overrides, resume=args.resume, stop_after=args.stop_after)
     if args.json and run.main:
@@ -51,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ckd.tasks.classification import evaluate_checkpoint
+    from ckd.tasks.classification import evaluate_checkpoint  # deferred: start-up
 
     found, res = evaluate_checkpoint(
         args.checkpoint,
@@ -83,14 +85,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from ckd.listing import list_lines
+    from ckd.listing import list_lines  # deferred: start-up
 
     print("\n".join(list_lines(args.what)))
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from ckd.bench import plots, viz
+    from ckd.bench import plots, viz  # deferred: start-up
 
     out = Path(args.out)
     if args.kind == "curves":
@@ -118,21 +120,21 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ckd.bench.suite import main_report
+    from ckd.bench.suite import main_report  # deferred: start-up
 
     main_report(list(args.runs), args.out)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ckd.demo import run_demo
+    from ckd.demo import run_demo  # deferred: start-up
 
     run_demo(Path(args.out), data_root=args.data_root, overrides=list(args.overrides))
     return 0
 
 
 def _cmd_suite(args: argparse.Namespace) -> int:
-    from ckd.bench.suite import run_suite
+    from ckd.bench.suite import run_suite  # deferred: start-up
 
     run_suite(
         args.suite,
@@ -149,7 +151,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"ckd: note: `ckd bench SUITE` is now `ckd suite {args.what}`", file=sys.stderr)
         args.suite = args.what
         return _cmd_suite(args)
-    from ckd.bench.speed import speed_command
+    from ckd.bench.speed import speed_command  # deferred: start-up
     from ckd.bench.timing import BenchSpec
 
     spec = BenchSpec(
@@ -173,7 +175,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_shapes(args: argparse.Namespace) -> int:
-    from ckd.tasks.detection.shapes import make_shapes
+    from ckd.tasks.detection.shapes import make_shapes  # deferred: start-up
 
     for key in ("train", "val", "size", "max_shapes"):
         if getattr(args, key) < 1:
@@ -184,7 +186,7 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_folder(args: argparse.Namespace) -> int:
-    from ckd.data.make_folder import make_fashion_mnist_folder
+    from ckd.data.make_folder import make_fashion_mnist_folder  # deferred: start-up
 
     root = make_fashion_mnist_folder(
         args.out, args.train_per_class, args.val_per_class, args.seed, args.source, args.force
@@ -198,7 +200,7 @@ def _cmd_make_folder(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch_weights(args: argparse.Namespace) -> int:
-    from ckd.models.pretrained import WeightsLocation
+    from ckd.models.pretrained import WeightsLocation  # deferred: start-up
 
     for name in args.models:
         print(f"{name}: {WeightsLocation(name).fetch()}")
@@ -206,7 +208,7 @@ def _cmd_fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ckd.export import ExportCheckError, export
+    from ckd.export import ExportCheckError, export  # deferred: start-up
 
     try:
         out, meta = export(args.source, args.format, args.out, args.force)
@@ -229,11 +231,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "info":
-        from ckd.engine.cache import describe
+        from ckd.engine.cache import describe  # deferred: start-up
 
         print(describe(args.config))
         return 0
-    from ckd.api import build_cache
+    from ckd.api import build_cache  # deferred: start-up
 
     line = build_cache(
         args.config,
@@ -257,8 +259,8 @@ DESCRIPTION = (
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (it imports nothing heavy: ``ckd --help`` and every command's
     ``--help`` answer without loading torch)."""
-    from ckd import __version__
-    from ckd.listing import SECTIONS
+    from ckd.listing import SECTIONS  # deferred: start-up
+    from ckd.version import __version__  # deferred: only the parser shows it
 
     p = argparse.ArgumentParser(prog="ckd", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"ckd {__version__}")

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ckd.bench.report import aggregate, find_runs
 from ckd.engine.metrics import read_metrics
+from ckd.errors import ConfigError
+from ckd.safe_yaml import load_yaml
 
 
 def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
@@ -84,8 +87,6 @@ def _is_loss(key: str) -> bool:
 def term_weights(run: Path) -> dict[str, float]:
     """``{term: weight}`` of a run's method(s), from its ``config.yaml``: each ``w_<term>``
     option, taken from the first method that has it (as the loss takes the term)."""
-    from ckd.safe_yaml import load_yaml
-
     path = run / "config.yaml"
     if not path.is_file():
         return {}
@@ -110,8 +111,6 @@ def plot_bars(rows: list[dict], out: Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ckd.bench.report import aggregate
 
     groups = aggregate(rows)
     names = [
@@ -169,9 +168,6 @@ def plot_differences(found: list, out: Path, title: str = "") -> Path:
 
 def bars_command(runs: list[Path], out: Path) -> str:
     """``ckd plot bars``: the bar chart of the finished runs under ``runs``."""
-    from ckd.bench.report import find_runs
-    from ckd.errors import ConfigError
-
     rows = [r for r in find_runs(runs) if r["label"] != "teacher"]
     if not rows:
         raise ConfigError(f"no finished runs under {', '.join(map(str, runs))}")

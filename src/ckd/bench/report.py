@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from ckd.bench.stats import CONFIDENCE, PairedDifference, paired_by_seed
-from ckd.engine.rundir import RESUME_FREE, read_saved_config
+from ckd.engine.rundir import RESUME_FREE, read_saved_config, saved_config
 from ckd.errors import one_line
 from ckd.schema import flatten
+from ckd.version import __version__
 
 COLUMNS = (
     "label",
@@ -66,8 +67,6 @@ def method_label(method: dict[str, Any]) -> str:
 def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The settings that define a run (flattened, dotted keys) from its saved config."""
     try:
-        from ckd.engine.rundir import saved_config
-
         cfg = saved_config(cfg)  # today's schema: defaults of later settings, moved keys
     except Exception:  # noqa: BLE001 - a config today's schema refuses is compared as saved
         pass
@@ -315,10 +314,8 @@ def software_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    import ckd
-
     return {
-        "ckd": ckd.__version__,
+        "ckd": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
