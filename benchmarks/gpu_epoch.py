@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from ckd.bench.speed import BenchSpec, machine, prepare, variant_config
-from ckd.bench.timing import train_epoch
+from ckd.bench.speed import machine, prepare, variant_config
+from ckd.bench.timing import BenchSpec, train_epoch
 from ckd.config import config_from_dict
 from ckd.engine import Trainer
 

@@ -38,7 +38,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_epoch import LABELS, epoch_rows, table  # noqa: E402
 
-from ckd.bench.speed import BenchSpec, machine, prepare, variant_config  # noqa: E402
+from ckd.bench.speed import machine, prepare, variant_config  # noqa: E402
+from ckd.bench.timing import BenchSpec  # noqa: E402
 from ckd.config import config_from_dict  # noqa: E402
 from ckd.engine import Trainer  # noqa: E402
 
