@@ -214,16 +214,12 @@ class ClassificationConfig(BaseConfig):
                 f"cannot be replayed); got data.loader={self.data.loader!r}",
             )
         if self.run.compile is not False:
-            feature_methods = [
-                m.name for m in self.method.parts() if METHODS.get(m.name).needs_features
-            ]
-            require(
-                not feature_methods,
-                f"run.compile: method {feature_methods[0]!r} reads features through hooks, "
-                "which torch.compile would retrace every step; set run.compile=false"
-                if feature_methods
-                else "",
-            )
+            readers = [m.name for m in self.method.parts() if METHODS.get(m.name).needs_features]
+            if readers:
+                raise ConfigError(
+                    f"run.compile: method {readers[0]!r} reads features through hooks, which "
+                    "torch.compile would retrace every step; set run.compile=false"
+                )
 
     def check_data(self) -> None:
         locate = DATASETS.get(self.data.name).locate
