@@ -36,7 +36,7 @@ class MicroBatch(NamedTuple):
 
     inputs: Any
     targets: Any
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # the field shadows tuple.index, as meant
 
 
 class TrainLoader(Protocol):
@@ -49,11 +49,11 @@ class TrainLoader(Protocol):
         ...
 
 
-class IndexedDataset(Dataset):
+class IndexedDataset(Dataset[tuple[Any, ...]]):
     """Yields ``(*item, index)``: every method may use the sample index (e.g. a memory bank),
     and the trainer never needs to know which one does."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset[Any]) -> None:
         self.dataset = dataset
         self.targets = getattr(dataset, "targets", None)
 
@@ -87,7 +87,7 @@ class StandardLoader:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset[Any],
         batch_size: int,
         num_workers: int,
         seed: int,

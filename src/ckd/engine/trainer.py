@@ -67,6 +67,8 @@ class TrainView(nn.Module):
     """What DDP wraps: the student and the methods' modules (never the teacher, which the
     distiller keeps outside this module's parameters); forward = ``Distiller.forward_train``."""
 
+    _distiller: Distiller
+
     def __init__(self, distiller: Distiller) -> None:
         super().__init__()
         self.student = distiller.student

@@ -14,7 +14,7 @@ one way every task builds it from the configured methods.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class Distiller(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module | None,
-        methods: list[Method],
+        methods: list[Method[MethodOptions]],
         view: View | None = None,
     ) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ class Distiller(nn.Module):
         a cache; see :data:`TeacherSource`).
         """
         out, rows, own, context = self.view.student(self.student, inputs, targets, self.needs)
-        w_ce = self.methods[0].options.w_ce
+        w_ce = cast(Method[MethodOptions], self.methods[0]).options.w_ce
         terms = {name: w_ce * value for name, value in own.items()}
 
         def run_teacher() -> Outputs:
