@@ -64,7 +64,7 @@ class DataSection:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping, as the YAML gives it."""
-        return to_dict(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 @dataclass
@@ -404,7 +404,7 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
 
 
 def load_config(
-    path: str | Path, overrides: list[str] | None = None, files: bool = True
+    path: str | os.PathLike[str], overrides: list[str] | None = None, files: bool = True
 ) -> BaseConfig:
     """Read, merge, override and validate a config file (or a shipped config's name);
     ``files``: also check the files it names."""

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +150,7 @@ class StepTimer:
         del self.trainer.distiller.forward_train
 
 
-def timed_steps(variant: Any, epoch: int) -> Iterator[float]:
+def timed_steps(variant: Any, epoch: int) -> Generator[float, None, None]:
     """The steps of ``epoch`` one at a time: yields the seconds each took (batch included)."""
     it = variant.batches(epoch)
     try:

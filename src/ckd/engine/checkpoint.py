@@ -98,7 +98,7 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def find_checkpoint(source: str | Path) -> Path:
+def find_checkpoint(source: str | os.PathLike[str]) -> Path:
     """A checkpoint file, or a run folder's ``last.pt`` (the last epoch: the one reported)."""
     p = Path(source)
     if p.is_dir():

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ckd.data.base import dataset_size
 from ckd.data.fast import MemoryData, augment_batch, draw_augmentation
 from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces
 
@@ -58,7 +59,7 @@ class IndexedDataset(Dataset[tuple[Any, ...]]):
         self.targets = getattr(dataset, "targets", None)
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_size(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         return (*self.dataset[index], index)

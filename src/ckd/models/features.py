@@ -180,7 +180,7 @@ def infer_stage_names(model: nn.Module, sample: Tensor) -> tuple[tuple[str, ...]
     def larger(a: tuple[int, int], b: tuple[int, int]) -> bool:
         return a[0] > b[0] or a[1] > b[1]
 
-    maps = [(n, sizes[n][1]) for n in order if sizes[n][1] is not None]
+    maps = [(n, res) for n in order if (res := sizes[n][1]) is not None]
     trunk: dict[str, tuple[int, int]] = {}
     for i, (name, res) in enumerate(maps):
         if calls[name] == 1 and not any(larger(r, res) for _, r in maps[i + 1 :]):
