@@ -300,7 +300,7 @@ class BaseConfig:
     def resolve(self) -> None:
         """Settle values derived from others (once, while building)."""
 
-    def teacher_section(self) -> Any:
+    def teacher_section(self) -> object | None:
         """The ``teacher`` section, or None when the run has no teacher."""
         return getattr(self, "teacher", None)
 
@@ -499,7 +499,7 @@ def check_path(key: str, value: str | None) -> None:
         )
 
 
-def teacher_given(teacher: Any) -> bool:
+def teacher_given(teacher: object) -> bool:
     """Whether a teacher section says where its weights come from."""
     return any(
         getattr(teacher, key, None) not in (None, False)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -106,6 +106,9 @@ class NoHostSync(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+R = TypeVar("R")
+
+
 class StepGraph(Protocol):
     """What :class:`GraphedStep` captures the step with: :class:`CudaGraph`, or
     :class:`CheckedEagerGraph` in the tests."""
@@ -113,7 +116,7 @@ class StepGraph(Protocol):
     #: whether ``capture`` runs ``fn`` (else the first ``replay`` does)
     runs_on_capture: bool
 
-    def capture(self, fn: Callable[[], Any]) -> Any:
+    def capture(self, fn: Callable[[], R]) -> R:
         """Record ``fn``; its outputs, which each :meth:`replay` overwrites."""
         ...
 
@@ -129,7 +132,7 @@ class CudaGraph:
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
 
-    def capture(self, fn: Callable[[], Any]) -> Any:
+    def capture(self, fn: Callable[[], R]) -> R:
         # thread_local: DataLoader's pin-memory thread may allocate while the step is captured
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             return fn()
@@ -326,7 +329,7 @@ class GraphedStep:
 
 
 @contextlib.contextmanager
-def _on_stream(stream: Any, device: torch.device) -> Iterator[None]:
+def _on_stream(stream: torch.cuda.Stream, device: torch.device) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     torch.cuda.current_stream(device).wait_stream(stream)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ckd.data.base import dataset_size
-from ckd.data.fast import MemoryData, augment_batch, draw_augmentation
+from ckd.data.fast import AugParams, MemoryData, augment_batch, draw_augmentation
 from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces
 
 
@@ -174,7 +174,7 @@ def memory_batches(
     data: MemoryData,
     order: torch.Tensor,
     pieces: Iterator[torch.Tensor],
-    params: Any = None,
+    params: AugParams | None = None,
     channels_last: bool = False,
 ) -> Iterator[MicroBatch]:
     """:class:`MicroBatch` es of ``data``'s samples ``order[piece]`` for each of ``pieces``

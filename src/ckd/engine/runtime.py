@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ckd.config import RunConfig
 from ckd.engine.distributed import DistContext, check_split, init_distributed, main_only
 from ckd.errors import ConfigError
 from ckd.methods.distiller import Distiller
@@ -133,7 +134,7 @@ class Runtime:
 
     @classmethod
     def start(
-        cls, run: Any, batch_size: int, accum_steps: int, graph_obstacle: str | None = None
+        cls, run: RunConfig, batch_size: int, accum_steps: int, graph_obstacle: str | None = None
     ) -> Runtime:
         """Join the process group when ``torchrun`` started this process, and pick the device,
         precision and graphs for the ``run`` section (``graph_obstacle``: why the config's

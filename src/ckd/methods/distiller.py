@@ -81,13 +81,21 @@ class Distiller(nn.Module):
         return self.student(inputs)
 
     def forward_train(
-        self, inputs: Any, targets: Any, teacher: TeacherSource = None, **ctx: Any
+        self,
+        inputs: Any,
+        targets: Any,
+        teacher: TeacherSource = None,
+        epoch: int | torch.Tensor = 0,
+        step: int | torch.Tensor = 0,
+        index: torch.Tensor | None = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training batch -> (student logits ``[B, K]``, {term name: weighted scalar}).
 
-        ``ctx`` (``epoch``, ``step``, ``index``, ``gather``) is passed on to every method in the
+        ``epoch``, ``step``, ``index`` and ``gather`` are passed on to every method in the
         :class:`Batch`; ``teacher`` gives the teacher's outputs instead of running it (e.g. from
-        a cache; see :data:`TeacherSource`).
+        a cache; see :data:`TeacherSource`). ``inputs`` and ``targets`` are the task's (what its
+        :class:`View` reads).
         """
         out, rows, own, context = self.view.student(self.student, inputs, targets, self.needs)
         w_ce = cast(Method[MethodOptions], self.methods[0]).options.w_ce
@@ -98,7 +106,7 @@ class Distiller(nn.Module):
                 return self.teacher_outputs(inputs, context)
             return teacher if isinstance(teacher, Outputs) else teacher()
 
-        batch = Batch(out, rows, run_teacher, **ctx)
+        batch = Batch(out, rows, run_teacher, epoch, step, index, gather)
         for method in self.methods:
             for name, value in method(batch).items():
                 terms.setdefault(name, value)
