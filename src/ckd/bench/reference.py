@@ -59,11 +59,11 @@ def _cuda_calls_stay_on_cpu(device: torch.device) -> Iterator[None]:
         yield
         return
     saved = torch.Tensor.cuda
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]  # undone below
     try:
         yield
     finally:
-        torch.Tensor.cuda = saved  # type: ignore[method-assign]
+        torch.Tensor.cuda = saved  # type: ignore[method-assign]  # torch's own again
 
 
 class ReferenceSteps:
