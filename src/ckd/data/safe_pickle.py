@@ -23,7 +23,7 @@ import math
 import pickle
 import pickletools
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 import numpy as np
 
@@ -95,7 +95,7 @@ _CALLABLE = (_reconstruct, _dtype)
 
 
 class _Opcodes(dict):
-    def __missing__(self, code: int) -> Any:
+    def __missing__(self, code: int) -> NoReturn:
         name = next((op.name for op in pickletools.opcodes if op.code == chr(code)), "unknown")
         raise pickle.UnpicklingError(f"refused opcode {name} ({bytes([code])!r})")
 
