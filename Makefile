@@ -39,11 +39,13 @@ test: install data
 test-slow: install data
 	$(PY) -m pytest -q -m slow
 
-# ruff, and the layers of the package (pyproject's [tool.importlinter] contracts)
+# ruff, the layers of the package (pyproject's [tool.importlinter] contracts) and the types
+# (mypy over src/ckd, pyproject's [tool.mypy])
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

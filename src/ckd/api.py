@@ -53,7 +53,7 @@ class Run:
     main: bool = True
     #: A task whose students ckd cannot rebuild from a checkpoint (detection) keeps the
     #: trainer's student here.
-    _trained: Any = field(default=None, repr=False)
+    _trained: nn.Module | None = field(default=None, repr=False)
 
     @property
     def checkpoint(self) -> Path:

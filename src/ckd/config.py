@@ -64,7 +64,7 @@ class DataSection:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping, as the YAML gives it."""
-        return to_dict(self)  # type: ignore[no-any-return]
+        return to_dict(self)
 
 
 @dataclass
@@ -300,7 +300,7 @@ class BaseConfig:
     def resolve(self) -> None:
         """Settle values derived from others (once, while building)."""
 
-    def teacher_section(self) -> Any:
+    def teacher_section(self) -> object | None:
         """The ``teacher`` section, or None when the run has no teacher."""
         return getattr(self, "teacher", None)
 
@@ -404,7 +404,7 @@ def config_from_dict(data: dict[str, Any], files: bool = True, saved: bool = Fal
 
 
 def load_config(
-    path: str | Path, overrides: list[str] | None = None, files: bool = True
+    path: str | os.PathLike[str], overrides: list[str] | None = None, files: bool = True
 ) -> BaseConfig:
     """Read, merge, override and validate a config file (or a shipped config's name);
     ``files``: also check the files it names."""
@@ -499,7 +499,7 @@ def check_path(key: str, value: str | None) -> None:
         )
 
 
-def teacher_given(teacher: Any) -> bool:
+def teacher_given(teacher: object) -> bool:
     """Whether a teacher section says where its weights come from."""
     return any(
         getattr(teacher, key, None) not in (None, False)

@@ -4,6 +4,7 @@ import it without loading torch); :mod:`ckd.config` turns the mapping into a typ
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +29,7 @@ def config_name(path: str | Path) -> str:
     return p.stem
 
 
-def resolve_config_path(name: str | Path) -> Path:
+def resolve_config_path(name: str | os.PathLike[str]) -> Path:
     """A path to a YAML file, or a shipped config's name (``fashion_mnist/ckd``)."""
     p = Path(name)
     if p.is_file():

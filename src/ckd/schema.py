@@ -17,11 +17,14 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 from ckd.errors import ConfigError, show
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def _type_name(tp: Any) -> str:
@@ -53,7 +56,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if isinstance(value, Mapping):  # a section: report its own error, not "expected ..."
             for arg in args:
-                if dataclasses.is_dataclass(arg):
+                if isinstance(arg, type) and dataclasses.is_dataclass(arg):
                     return build(arg, value, where)
         errors = []
         for arg in args:
@@ -104,7 +107,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             except UnicodeEncodeError:  # lone surrogates: bytes of a non-UTF-8 command line
                 raise ConfigError(f"{where}: expected UTF-8 text, got {show(value)}") from None
             return value
-    elif dataclasses.is_dataclass(tp):
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     elif tp is Any:
         return value
@@ -147,7 +150,9 @@ def build(cls: type[T], data: Any, where: str = "", given: dict[str, Any] | None
 
 def to_dict(obj: Any) -> Any:
     """Dataclass (nested) -> plain dict, ready for YAML/JSON."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ckd.bench.suite import (
     load_suite,
     plan,
     run_config,
+    run_folder,
     say,
     teacher_config,
 )
@@ -117,7 +118,7 @@ def run_jobs(
     the teacher and the teacher caches first; ``throughput.json`` at the end."""
     root = suite.root()
     gpus = _gpus()
-    slots = [g for g in gpus for _ in range(jobs)] or [None] * jobs
+    slots: list[str | None] = [g for g in gpus for _ in range(jobs)] or [None] * jobs
     per_run = threads or max(1, _cores() // len(slots))
     thread_env = {k: str(per_run) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     base = {"suite": str(path), "overrides": overrides, "threads": per_run}
@@ -133,7 +134,7 @@ def run_jobs(
 
     if suite.teacher.checkpoint is None:
         cfg = teacher_config(suite)
-        if not (Path(cfg.run.out_dir) / "result.json").is_file():
+        if not (run_folder(cfg) / "result.json").is_file():
             say(f"[teacher] {suite.teacher.name} -> {cfg.run.out_dir}")
             alone({**base, "teacher": True}, root / "logs" / "teacher.log", "the teacher")
         else:
@@ -152,7 +153,7 @@ def run_jobs(
     for i, (entry, student, seed) in enumerate(runs):
         cfg = run_config(suite, entry, student, seed, teacher)
         name = f"{entry.label} {student} seed {seed}"
-        if (Path(cfg.run.out_dir) / "result.json").is_file():
+        if (run_folder(cfg) / "result.json").is_file():
             say(f"[{i + 1}/{len(runs)}] {name}: finished earlier, skipped")
             _train(cfg)  # checks the settings
         else:
@@ -168,8 +169,9 @@ def run_jobs(
                 slot = free.pop(0)
                 i, name, log = todo.pop(0)
                 env = dict(thread_env)
-                if slots[slot] is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = slots[slot]
+                gpu_id = slots[slot]
+                if gpu_id is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = gpu_id
                 env.update(mps_env or {})
                 proc = _child({**base, "index": i}, log, env)
                 running[slot] = (proc, i, name, log, time.perf_counter())
@@ -237,7 +239,7 @@ def _child_main(args: dict[str, Any]) -> int:
     entry, student, seed = plan(suite, args["suite"])[args["index"]]
     cfg = run_config(suite, entry, student, seed, _teacher_path(suite))
     if args.get("prepare"):
-        Trainer(cfg, resume=holds_run(cfg.run.out_dir), echo=say)
+        Trainer(cfg, resume=holds_run(run_folder(cfg)), echo=say)
         return 0
     _train(cfg)
     return 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ckd.bench.report import aggregate, find_runs
 from ckd.engine.metrics import read_metrics
 from ckd.errors import ConfigError
 from ckd.safe_yaml import load_yaml
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn
+    from matplotlib.figure import Figure
 
 
 def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) -> Path:
@@ -16,7 +19,7 @@ def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) ->
     return save_figure(curves_figure(runs, labels), out)  # selects matplotlib's file-only backend
 
 
-def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
+def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Figure:
     """Test top-1 and every training loss term per epoch: one colour per run, the same in both
     panels, and a line style per term. The terms are plotted as they enter the loss (weighted),
     and labelled so: ``ckd x 10`` (its ``w_ckd`` from the run's ``config.yaml``), or
@@ -66,7 +69,7 @@ def curves_figure(runs: list[Path], labels: list[str] | None = None) -> Any:
 _NOT_LOSSES = {"train_top1", "train_time_s", "train_loss"}
 
 
-def save_figure(fig: Any, out: Path) -> Path:
+def save_figure(fig: Figure, out: Path) -> Path:
     """Write ``fig`` to ``out`` (PNG) and close it."""
     import matplotlib.pyplot as plt
 

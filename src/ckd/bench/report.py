@@ -77,8 +77,8 @@ def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _canonical(settings: dict[str, Any]) -> str:
-    return json.dumps(settings, sort_keys=True, default=str)
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def config_id(settings: dict[str, Any]) -> str:
@@ -279,7 +279,7 @@ def comparisons(
     for g in groups:
         for kind, method in (("vs CE", "vanilla"), ("vs KD", "kd")):
             ref = reference(groups, g, method)
-            diff = ref and paired_by_seed(g.by_seed, ref.by_seed)
+            diff = paired_by_seed(g.by_seed, ref.by_seed) if ref is not None else None
             if ref is not None and diff is not None:
                 out.append(Comparison(kind, g, ref, diff))
     for a, b in named or []:

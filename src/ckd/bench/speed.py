@@ -241,7 +241,7 @@ def bench_speed(
         ref = ("reference", "ckd") if ("reference", "ckd") in seconds else None
         for v in variants:
             ips = [images / s for s in seconds[v]]
-            row = {
+            row: dict[str, Any] = {
                 "path": v[0],
                 "method": v[1],
                 "images_per_s": statistics.median(ips),
@@ -431,7 +431,7 @@ def speed_command(
     if spec.reference:
         chosen = (("reference", "ckd"), ("reference", "kd"), *chosen)
     if variants:
-        chosen = tuple(tuple(v.split(":", 1)) for v in variants.split(","))  # type: ignore[misc]
+        chosen = tuple(tuple(v.split(":", 1)) for v in variants.split(","))  # type: ignore[misc]  # pairs: checked below
     for v in chosen:
         if len(v) != 2 or v[0] not in PATHS or v[1] not in METHOD_LABELS:
             raise ConfigError(

@@ -122,6 +122,18 @@ def _base(suite: Suite) -> dict[str, Any]:
     return data
 
 
+def _config(data: dict[str, Any], overrides: list[str]) -> Config:
+    cfg = config_from_dict(apply_overrides(data, overrides))
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"a suite trains classification runs; got task {cfg.task!r}")
+    return cfg
+
+
+def run_folder(cfg: Config) -> Path:
+    """Where the run of ``cfg`` writes (as the trainer picks it)."""
+    return Path(cfg.run.out_dir) if cfg.run.out_dir is not None else cfg.default_out_dir()
+
+
 def teacher_config(suite: Suite) -> Config:
     data = _base(suite)
     data.update(
@@ -133,7 +145,7 @@ def teacher_config(suite: Suite) -> Config:
         f"run.seed={suite.teacher.seed}",
         f"run.out_dir={suite.teacher.out_dir or suite.root() / 'teacher'}",
     ]
-    return config_from_dict(apply_overrides(data, over))
+    return _config(data, over)
 
 
 def run_config(suite: Suite, entry: SuiteEntry, student: str, seed: int, teacher: str) -> Config:
@@ -151,7 +163,7 @@ def run_config(suite: Suite, entry: SuiteEntry, student: str, seed: int, teacher
     names = [entry.method.get("name"), *(m.get("name") for m in entry.method.get("also", []))]
     if any(n in METHODS and METHODS.get(n).needs_teacher for n in names):
         data["teacher"] = {"name": suite.teacher.name, "checkpoint": teacher}
-    return config_from_dict(apply_overrides(data, over))
+    return _config(data, over)
 
 
 def plan(suite: Suite, suite_file: str) -> list[tuple[SuiteEntry, str, int]]:
@@ -171,7 +183,7 @@ def plan(suite: Suite, suite_file: str) -> list[tuple[SuiteEntry, str, int]]:
 def _train(cfg: Config) -> dict[str, Any]:
     """Train, resume, or (finished) skip a run; a finished run made with other settings is an
     error, never silently reused."""
-    out = Path(cfg.run.out_dir)
+    out = run_folder(cfg)
     if (out / "result.json").is_file():
         differs = config_difference(
             saved_config(read_saved_config(out / "config.yaml")), cfg.to_dict()
@@ -230,11 +242,11 @@ def _run_suite(
             cfg = teacher_config(suite)
             say(f"[teacher] {suite.teacher.name} -> {cfg.run.out_dir}")
             _train(cfg)
-            teacher = str(Path(cfg.run.out_dir) / "last.pt")
+            teacher = str(run_folder(cfg) / "last.pt")
         start, trained = time.perf_counter(), 0
         for i, (entry, student, seed) in enumerate(runs, 1):
             cfg = run_config(suite, entry, student, seed, teacher)
-            done = (Path(cfg.run.out_dir) / "result.json").is_file()
+            done = (run_folder(cfg) / "result.json").is_file()
             say(
                 f"[{i}/{len(runs)}] {entry.label} {student} seed {seed}"
                 + (": finished earlier, skipped" if done else "")
@@ -258,7 +270,7 @@ def _pairs(compare: list[list[str]]) -> list[tuple[str, str]]:
 def _teacher_path(suite: Suite) -> str:
     if suite.teacher.checkpoint is not None:
         return suite.teacher.checkpoint
-    return str(Path(teacher_config(suite).run.out_dir) / "last.pt")
+    return str(run_folder(teacher_config(suite)) / "last.pt")
 
 
 def write_results(

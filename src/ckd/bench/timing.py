@@ -14,10 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -54,11 +54,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Variant(Protocol):
+    """A training step to time: ours (:class:`TrainerSteps`) or the official code's
+    (:class:`~ckd.bench.reference.ReferenceSteps`)."""
+
+    device: torch.device
+    steps_per_epoch: int
+
+    def batches(self, epoch: int) -> Iterator[Any]:
+        """The epoch's batches, as :meth:`step` takes them."""
+        ...
+
+    def step(self, batch: Any, epoch: int, i: int) -> None:
+        """Train on ``batch``, the ``i``-th of ``epoch``."""
+        ...
+
+
 class TrainerSteps:
     """A :class:`~ckd.engine.Trainer` as a timed variant: its loader's steps, its
     ``train_step``."""
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.device = trainer.runtime.device
         self.steps_per_epoch = trainer.task.loader.steps_per_epoch
@@ -86,7 +102,7 @@ class StepTimer:
 
     PARTS = ("input", "teacher", "student forward", "loss", "backward + optimizer")
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer, self.device = trainer, trainer.runtime.device
         self.totals = dict.fromkeys(self.PARTS, 0.0)
         self._start: dict[str, float] = {}
@@ -102,7 +118,7 @@ class StepTimer:
                 d.teacher.register_forward_hook(self._leave("teacher")),
             ]
         self._forward_train = d.forward_train
-        d.forward_train = self._timed_forward  # an instance attribute: close() removes it
+        d.forward_train = self._timed_forward  # type: ignore[method-assign]  # close() removes it
 
     def now(self) -> float:
         _sync(self.device)
@@ -150,7 +166,7 @@ class StepTimer:
         del self.trainer.distiller.forward_train
 
 
-def timed_steps(variant: Any, epoch: int) -> Iterator[float]:
+def timed_steps(variant: Variant, epoch: int) -> Generator[float, None, None]:
     """The steps of ``epoch`` one at a time: yields the seconds each took (batch included)."""
     it = variant.batches(epoch)
     try:
@@ -163,7 +179,7 @@ def timed_steps(variant: Any, epoch: int) -> Iterator[float]:
         _close(it)
 
 
-def interleaved_ratio(a: Any, b: Any, epochs: range, warmup: int, steps: int) -> float:
+def interleaved_ratio(a: Variant, b: Variant, epochs: range, warmup: int, steps: int) -> float:
     """Median over steps of (step time of ``a``) / (step time of ``b``), the two variants
     taking turns step by step (order alternating): a fine-grained comparison on a noisy
     machine."""
@@ -185,7 +201,7 @@ def interleaved_ratio(a: Any, b: Any, epochs: range, warmup: int, steps: int) ->
     return statistics.median(ratios)
 
 
-def prime(variant: Any, epoch: int, n: int) -> float:
+def prime(variant: Variant, epoch: int, n: int) -> float:
     """``n`` untimed steps of ``epoch`` (passing over it again if it is shorter): compiles a
     compiled variant, warms up and captures a graphed one. Returns the seconds."""
     start, done = time.perf_counter(), 0
@@ -204,7 +220,7 @@ def prime(variant: Any, epoch: int, n: int) -> float:
 
 
 def run_steps(
-    variant: Any,
+    variant: Variant,
     epoch: int,
     warmup: int,
     steps: int,
@@ -243,7 +259,7 @@ def run_steps(
         _close(it)
 
 
-def train_epoch(trainer: Any, epoch: int) -> float:
+def train_epoch(trainer: Trainer, epoch: int) -> float:
     """Seconds of one training epoch as ``Trainer.fit`` runs it (each step's
     ``train_step``, the task's statistics and the loss terms summed on the device; no
     evaluation, no checkpoint), the device synchronised at the end."""
@@ -348,7 +364,7 @@ def peak_memory(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def profile_table(trainer: Any, epoch: int, warmup: int, steps: int, rows: int = 12) -> str:
+def profile_table(trainer: Trainer, epoch: int, warmup: int, steps: int, rows: int = 12) -> str:
     """torch.profiler's top operators (self CPU time) over ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -82,7 +82,25 @@ class DatasetInfo:
     classes: tuple[str, ...] | None = None
 
 
-Builder = Callable[[str | None, bool, bool, bool, bool], Dataset]
+class Builder(Protocol):
+    """``build(root, train, augment=True, download=False, verify=True)``: a split of a
+    dataset (see :func:`build_dataset`)."""
+
+    def __call__(
+        self,
+        root: str | None,
+        train: bool,
+        augment: bool = True,
+        download: bool = False,
+        verify: bool = True,
+        /,
+    ) -> Dataset[Any]: ...
+
+
+def dataset_size(dataset: Dataset[Any]) -> int:
+    """The number of items of ``dataset``: every dataset here has a length, which torch's
+    ``Dataset`` type leaves out."""
+    return len(dataset)  # type: ignore[arg-type]  # Dataset declares no __len__
 
 
 @dataclass
@@ -164,7 +182,7 @@ def build_dataset(
     augment: bool = True,
     download: bool = False,
     verify: bool = True,
-) -> Dataset:
+) -> Dataset[Any]:
     """Build the train or test split of dataset ``name``.
 
     Items are ``(image [C, 32, 32] float32 normalised, target int)``. The training

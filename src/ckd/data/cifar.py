@@ -91,6 +91,7 @@ class _SafeCIFAR:
     """torchvision's CIFAR dataset (its file lists, md5s, ``__getitem__``), loaded through
     :func:`~ckd.data.safe_pickle.load_data_pickle` after each file's md5 is checked."""
 
+    root: str  # set by torchvision's VisionDataset.__init__
     base_folder: str
     train_list: list[list[str]]
     test_list: list[list[str]]
@@ -197,7 +198,7 @@ def _check_files(cls: type[_SafeCIFAR], name: str, root: str | None) -> Path:
     return Path(root).expanduser()
 
 
-def _builder(cls: type[_SafeCIFAR], info: DatasetInfo) -> Builder:
+def _builder(cls: type[CIFAR100 | CIFAR10], info: DatasetInfo) -> Builder:
     def build(
         root: str | None,
         train: bool,
@@ -216,7 +217,7 @@ def _builder(cls: type[_SafeCIFAR], info: DatasetInfo) -> Builder:
     return build
 
 
-def _spec(cls: type[_SafeCIFAR], info: DatasetInfo) -> DatasetSpec:
+def _spec(cls: type[CIFAR100 | CIFAR10], info: DatasetInfo) -> DatasetSpec:
     def locate(root: str | None) -> None:
         _check_files(cls, info.name, root)
 

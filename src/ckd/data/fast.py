@@ -157,9 +157,11 @@ class MemoryData:
     fingerprint: str  # sha256 of the uint8 images and the targets
 
     def __post_init__(self) -> None:  # made once: a per-batch host-to-device copy would sync
-        kw = {"dtype": torch.float32, "device": self.images.device}
-        self.mean = torch.tensor(self.augment.mean, **kw).view(-1, 1, 1)
-        self.std = torch.tensor(self.augment.std, **kw).view(-1, 1, 1)
+        device = self.images.device
+        self.mean = torch.tensor(self.augment.mean, dtype=torch.float32, device=device).view(
+            -1, 1, 1
+        )
+        self.std = torch.tensor(self.augment.std, dtype=torch.float32, device=device).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -258,7 +260,9 @@ def memory_data(dataset: Dataset, device: torch.device | str = "cpu", name: str 
             _check_fits(len(targets) * channels * size * size, torch.device(device))
         else:
             images = _as_nchw(getattr(base, "data", None))
-            aug = replay_spec(getattr(base, "transform", None), tuple(images.shape[-2:]))
+            aug = replay_spec(
+                getattr(base, "transform", None), (images.shape[-2], images.shape[-1])
+            )
     except ValueError as e:
         raise ConfigError(
             f"data.loader=fast: {what} cannot be held in memory and replayed on the device "
@@ -273,8 +277,8 @@ def memory_data(dataset: Dataset, device: torch.device | str = "cpu", name: str 
         images = F.pad(images, [aug.pre_pad] * 4, value=0)
     digest = hashlib.sha256()
     digest.update(repr((tuple(images.shape), tuple(targets.shape))).encode())
-    digest.update(images.numpy())
-    digest.update(targets.numpy())
+    digest.update(images.numpy().data)
+    digest.update(targets.numpy().data)
     return MemoryData(images.to(device), targets.to(device), aug, fingerprint=digest.hexdigest())
 
 

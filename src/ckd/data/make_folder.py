@@ -91,12 +91,12 @@ def make_fashion_mnist_folder(
     try:
         tmp.mkdir(parents=True)
         (tmp / MARKER).write_text("written by ckd make-folder; --force may replace this folder\n")
-        for split, (images, _, chosen) in splits.items():
+        for split, (pixels, _, chosen) in splits.items():
             for c, indices in enumerate(chosen):
                 folder = tmp / split / class_folder_name(FASHION_MNIST_CLASSES[c])
                 folder.mkdir(parents=True)
                 for i in indices:
-                    Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+                    Image.fromarray(pixels[i]).save(folder / f"{i:05d}.png")
         if out.exists():
             if empty:
                 out.rmdir()

@@ -23,14 +23,12 @@ import math
 import pickle
 import pickletools
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeGuard
 
 import numpy as np
 
 _NUMPY_RECONSTRUCT = (
-    np._core.multiarray._reconstruct  # type: ignore[attr-defined]
-    if hasattr(np, "_core")
-    else np.core.multiarray._reconstruct  # NumPy 1
+    np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct  # type: ignore[attr-defined]  # NumPy 1's place
 )
 
 # Opcodes of plain data, plus GLOBAL / STACK_GLOBAL / REDUCE / BUILD (checked below).
@@ -54,7 +52,7 @@ _ALLOWED_OPCODES = {
 }  # fmt: skip
 
 
-def _plain_dtype(d: Any) -> bool:
+def _plain_dtype(d: Any) -> TypeGuard[np.dtype[Any]]:
     """A dtype of plain numbers: bool, integer or float, no objects, fields or sub-arrays."""
     return (
         isinstance(d, np.dtype)
@@ -97,12 +95,13 @@ _CALLABLE = (_reconstruct, _dtype)
 
 
 class _Opcodes(dict):
-    def __missing__(self, code: int) -> Any:
+    def __missing__(self, code: int) -> NoReturn:
         name = next((op.name for op in pickletools.opcodes if op.code == chr(code)), "unknown")
         raise pickle.UnpicklingError(f"refused opcode {name} ({bytes([code])!r})")
 
 
 class _DataUnpickler(pickle._Unpickler):  # the pure-Python one: its opcodes can be restricted
+    stack: list[Any]  # the pure-Python unpickler's (typeshed leaves it out)
     dispatch = _Opcodes(
         {k: v for k, v in pickle._Unpickler.dispatch.items() if k in _ALLOWED_OPCODES}
     )
@@ -147,7 +146,7 @@ def _dtype_with_state(d: np.dtype, state: Any) -> np.dtype:
     order = state[1].decode("latin1") if isinstance(state[1], bytes) else state[1]
     if order not in ("|", "<", ">", "="):
         raise pickle.UnpicklingError(f"refused a dtype byte order {order!r:.10}")
-    return d if order in ("|", "=") else d.newbyteorder(order)
+    return d if order in ("|", "=") else d.newbyteorder("<" if order == "<" else ">")
 
 
 def _fill_array(array: np.ndarray, state: Any) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset, Subset
+
+from ckd.data.base import dataset_size
 
 
 class TargetSubset(Subset):
@@ -36,11 +39,11 @@ def _allocate(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 
 
 def subset(
-    dataset: Dataset,
+    dataset: Dataset[Any],
     n: int | None,
     seed: int = 0,
     targets: Sequence[int] | None = None,
-) -> Dataset:
+) -> Dataset[Any]:
     """A class-balanced subset of ``n`` samples, the same for the same ``seed``.
 
     Each class gets ``n // C`` samples (the remainder goes one each to classes drawn
@@ -49,7 +52,7 @@ def subset(
     returns ``dataset`` itself. The result keeps ``.targets`` (and ``.classes``) and
     its indices are in the original order.
     """
-    size = len(dataset)  # type: ignore[arg-type]
+    size = dataset_size(dataset)
     if n is None or n >= size:
         return dataset
     if n < 1:

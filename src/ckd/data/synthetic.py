@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ class _Py2StylePickler(pickle._Pickler):  # the pure-Python pickler lets us over
     opcodes would load as ``bytes`` either way and break torchvision.
     """
 
+    # the pure-Python pickler's (typeshed leaves them out)
     dispatch = pickle._Pickler.dispatch.copy()
+    write: Callable[[bytes], object]
+    memoize: Callable[[object], None]
 
     def save_bytes(self, obj: bytes) -> None:
         n = len(obj)
@@ -38,7 +42,7 @@ class _Py2StylePickler(pickle._Pickler):  # the pure-Python pickler lets us over
             self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
         self.memoize(obj)
 
-    dispatch[bytes] = save_bytes
+    dispatch[bytes] = save_bytes  # type: ignore[assignment]  # typeshed: Unpickler's functions
 
 
 def _dump_py2(obj: Any, path: Path) -> None:

@@ -51,7 +51,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -85,12 +85,47 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def cache_identity(cfg: Any, train: MemoryData) -> dict[str, Any]:
+class CachedTeacherSection(Protocol):
+    """The teacher section a cache identity reads: a model section (a dataclass, recorded
+    whole) and the checkpoint its weights come from."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    @property
+    def checkpoint(self) -> str | None: ...
+
+
+class CachedDataSection(Protocol):
+    """The data keys a cache identity reads."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def train_subset(self) -> int | None: ...
+
+    @property
+    def aug_seed(self) -> int | None: ...
+
+
+@runtime_checkable
+class CacheSource(Protocol):
+    """What a cache identity reads of a run's config (a classification config is one)."""
+
+    @property
+    def teacher(self) -> CachedTeacherSection | None: ...
+
+    @property
+    def data(self) -> CachedDataSection: ...
+
+
+def cache_identity(cfg: CacheSource, train: MemoryData) -> dict[str, Any]:
     """What a cache must have been made for to serve this run (everything but the epochs)."""
-    if cfg.teacher is None or cfg.teacher.checkpoint is None:
+    section = cfg.teacher
+    if section is None or section.checkpoint is None:
         raise ConfigError("run.teacher_cache: the run has no teacher checkpoint to cache")
-    teacher = {k: v for k, v in dataclasses.asdict(cfg.teacher).items() if k != "checkpoint"}
-    teacher["checkpoint_sha256"] = file_sha256(cfg.teacher.checkpoint)
+    teacher = {k: v for k, v in dataclasses.asdict(section).items() if k != "checkpoint"}
+    teacher["checkpoint_sha256"] = file_sha256(section.checkpoint)
     return {
         "teacher": teacher,
         "dataset": {
@@ -160,7 +195,7 @@ class TeacherCache:
     def _open(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         path = self.folder / f"{name}.npy"
         try:
-            array = np.load(path, mmap_mode="r")
+            array: np.ndarray = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as e:
             raise ConfigError(f"{self._where}: cannot read {path.name}: {e}") from None
         if array.shape != shape or array.dtype != np.float16:
@@ -292,7 +327,7 @@ def array_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     logits = tuple(int(n) for n in manifest["logits"])
     if len(logits) != 3 or logits[0] != int(manifest["epochs"]):
         raise ValueError(f"logits shape {list(logits)} is not [epochs, N, K]")
-    shapes = {"logits": logits}
+    shapes: dict[str, tuple[int, ...]] = {"logits": logits}
     feats = manifest.get("features")
     if feats:
         lead = logits[:2]
@@ -418,6 +453,7 @@ def build_cache(
         shapes: dict[str, Any] = {"logits": [epochs, n, int(probe.logits.shape[1])]}
         arrays = {"logits": _open_array(tmp / "logits.npy", shapes["logits"])}
         if features:
+            assert probe.embedding is not None  # run_network gives it with the features
             shapes["features"] = {
                 "feats": [list(f.shape[1:]) for f in probe.feats],
                 "embedding": int(probe.embedding.shape[1]),
@@ -436,6 +472,7 @@ def build_cache(
                 )
                 parts = {"logits": out.logits}
                 if features:
+                    assert out.embedding is not None  # run_network gives it with the features
                     parts.update({f"feat{i}": f for i, f in enumerate(out.feats)})
                     parts["embedding"] = out.embedding
                 for name, value in parts.items():
@@ -479,7 +516,7 @@ def build_cache(
     return cache
 
 
-def _open_array(path: Path, shape: list[int]) -> np.ndarray:
+def _open_array(path: Path, shape: list[int]) -> np.memmap[Any, Any]:
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(shape))
 
 
@@ -528,6 +565,7 @@ def verify_cache(
                 (f"feat{i}", a, b)
                 for i, (a, b) in enumerate(zip(live.feats, cached.feats, strict=True))
             ]
+            assert live.embedding is not None and cached.embedding is not None  # as features
             pairs.append(("embedding", live.embedding, cached.embedding))
         for name, a, b in pairs:
             a = a.float()

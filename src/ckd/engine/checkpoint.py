@@ -98,7 +98,7 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def find_checkpoint(source: str | Path) -> Path:
+def find_checkpoint(source: str | os.PathLike[str]) -> Path:
     """A checkpoint file, or a run folder's ``last.pt`` (the last epoch: the one reported)."""
     p = Path(source)
     if p.is_dir():
@@ -137,7 +137,8 @@ def load_for_resume(path: Path) -> dict[str, Any]:
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as weights_only-loadable values."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the legacy form of the global generator's state
     state = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -67,7 +68,8 @@ class DistContext:
         batch). Every rank must give the same ``B``."""
         if not self.distributed:
             return x
-        return _GatherWithGrad.apply(x)
+        gathered: torch.Tensor = _GatherWithGrad.apply(x)
+        return gathered
 
 
 #: The context of a single process (no process group).
@@ -76,7 +78,7 @@ SINGLE = DistContext()
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, x)
@@ -84,7 +86,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
@@ -143,8 +145,10 @@ def init_distributed(backend: str, device_setting: str) -> tuple[DistContext, st
     if backend == "nccl" and not cuda:
         raise ConfigError("run.dist_backend: 'nccl' needs CUDA devices; use gloo on the CPU")
     if not dist.is_initialized():
-        kwargs = {"device_id": torch.device(device_setting)} if backend == "nccl" else {}
-        dist.init_process_group(backend, rank=ctx.rank, world_size=ctx.world_size, **kwargs)
+        device_id = torch.device(device_setting) if backend == "nccl" else None
+        dist.init_process_group(
+            backend, rank=ctx.rank, world_size=ctx.world_size, device_id=device_id
+        )
     return ctx, device_setting
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import nn
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Iterable,
+    loader: Iterable[Any],
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,

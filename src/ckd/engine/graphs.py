@@ -39,15 +39,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ckd.config import BaseConfig
 from ckd.engine.loaders import MicroBatch
 from ckd.methods.base import METHODS, Outputs
+from ckd.methods.distiller import Distiller, TeacherSource
 
 #: Eager steps (on a side stream) before the step is captured.
 WARMUP_STEPS = 3
@@ -85,7 +85,16 @@ class NoHostSync(TorchDispatchMode):
     host (:data:`SYNCING_OPS`, boolean-mask indexing, a ``repeat_interleave`` without
     ``output_size``); what a CUDA graph cannot capture, checked on any device."""
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # torch's own __init__ is unannotated
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         if name in SYNCING_OPS or (name == "repeat_interleave" and "output_size" not in kwargs):
@@ -97,6 +106,23 @@ class NoHostSync(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+R = TypeVar("R")
+
+
+class StepGraph(Protocol):
+    """What :class:`GraphedStep` captures the step with: :class:`CudaGraph`, or
+    :class:`CheckedEagerGraph` in the tests."""
+
+    #: whether ``capture`` runs ``fn`` (else the first ``replay`` does)
+    runs_on_capture: bool
+
+    def capture(self, fn: Callable[[], R]) -> R:
+        """Record ``fn``; its outputs, which each :meth:`replay` overwrites."""
+        ...
+
+    def replay(self) -> None: ...
+
+
 class CudaGraph:
     """A CUDA graph: ``capture`` records ``fn`` (running nothing) and returns its outputs,
     which each ``replay`` overwrites."""
@@ -106,7 +132,7 @@ class CudaGraph:
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
 
-    def capture(self, fn: Callable[[], Any]) -> Any:
+    def capture(self, fn: Callable[[], R]) -> R:
         # thread_local: DataLoader's pin-memory thread may allocate while the step is captured
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             return fn()
@@ -179,29 +205,33 @@ class GraphedStep:
 
     def __init__(
         self,
-        distiller: nn.Module,
+        distiller: Distiller,
         optimizer: torch.optim.Optimizer,
         autocast: Callable[[], contextlib.AbstractContextManager[Any]],
         device: torch.device,
-        graph: Callable[[], Any] | None = None,
+        graph: Callable[[], StepGraph] | None = None,
         warmup: int = WARMUP_STEPS,
     ) -> None:
         self.distiller, self.optimizer, self.autocast = distiller, optimizer, autocast
         self.device, self.warmup = device, warmup
-        self.make_graph = graph or (CudaGraph if device.type == "cuda" else CheckedEagerGraph)
+        self.make_graph: Callable[[], StepGraph] = graph or (
+            CudaGraph if device.type == "cuda" else CheckedEagerGraph
+        )
         for group in optimizer.param_groups:  # a resumed checkpoint may have said otherwise
             group["fused"], group["foreach"] = True, False  # the kernel that reads a tensor lr
         self.lr = torch.zeros((), dtype=torch.float32, device=device)
         self.epoch = torch.zeros((), dtype=torch.float32, device=device)
         self.step = torch.zeros((), dtype=torch.float32, device=device)
-        self.graph: Any = None
+        self.graph: StepGraph | None = None
         self.steps = 0
         self.static: list[torch.Tensor] = []  # inputs, targets, index, teacher tensors
         self.out: tuple[torch.Tensor, torch.Tensor] | None = None
         self.names: list[str] = []
 
     # ------------------------------------------------------------------ the step itself
-    def _run(self, inputs: Any, targets: Any, index: torch.Tensor, teacher: Outputs | None):
+    def _run(
+        self, inputs: Any, targets: Any, index: torch.Tensor, teacher: Outputs | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward and SGD update; (logits, stacked terms) detached."""
         with self.autocast():
             logits, terms = self.distiller.forward_train(
@@ -241,11 +271,11 @@ class GraphedStep:
             self.optimizer.zero_grad(set_to_none=True)
             return self._run(s[0], s[1], s[2], static_teacher)
 
-        self.graph = self.make_graph()
+        self.graph = graph = self.make_graph()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         try:
-            self.out = self.graph.capture(step)
+            self.out = graph.capture(step)
         except (RuntimeError, HostSyncError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(
@@ -253,8 +283,8 @@ class GraphedStep:
                 "a method may synchronise with the host or change shape between steps: set "
                 "run.cuda_graphs=false"
             ) from e
-        if not self.graph.runs_on_capture:
-            self.graph.replay()
+        if not graph.runs_on_capture:
+            graph.replay()
 
     def _load(self, tensors: list[torch.Tensor]) -> None:
         for static, new in zip(self.static, tensors, strict=True):
@@ -266,7 +296,12 @@ class GraphedStep:
             static.copy_(new, non_blocking=True)
 
     def __call__(
-        self, micro_batches: list[MicroBatch], source: Any, lr: float, epoch: int, step: int
+        self,
+        micro_batches: list[MicroBatch],
+        source: TeacherSource,
+        lr: float,
+        epoch: int,
+        step: int,
     ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         """One step on the single micro-batch of ``micro_batches``; ``source`` is its
         :data:`~ckd.methods.distiller.TeacherSource` (None: the live teacher, inside the graph)."""
@@ -294,7 +329,7 @@ class GraphedStep:
 
 
 @contextlib.contextmanager
-def _on_stream(stream: Any, device: torch.device) -> Iterator[None]:
+def _on_stream(stream: torch.cuda.Stream, device: torch.device) -> Iterator[None]:
     with torch.cuda.stream(stream):
         yield
     torch.cuda.current_stream(device).wait_stream(stream)

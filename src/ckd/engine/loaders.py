@@ -21,7 +21,8 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ckd.data.fast import MemoryData, augment_batch, draw_augmentation
+from ckd.data.base import dataset_size
+from ckd.data.fast import AugParams, MemoryData, augment_batch, draw_augmentation
 from ckd.engine.distributed import SINGLE, DistContext, MicroBatchSampler, my_pieces
 
 
@@ -36,7 +37,7 @@ class MicroBatch(NamedTuple):
 
     inputs: Any
     targets: Any
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # the field shadows tuple.index, as meant
 
 
 class TrainLoader(Protocol):
@@ -49,16 +50,16 @@ class TrainLoader(Protocol):
         ...
 
 
-class IndexedDataset(Dataset):
+class IndexedDataset(Dataset[tuple[Any, ...]]):
     """Yields ``(*item, index)``: every method may use the sample index (e.g. a memory bank),
     and the trainer never needs to know which one does."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset[Any]) -> None:
         self.dataset = dataset
         self.targets = getattr(dataset, "targets", None)
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_size(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         return (*self.dataset[index], index)
@@ -87,7 +88,7 @@ class StandardLoader:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset[Any],
         batch_size: int,
         num_workers: int,
         seed: int,
@@ -173,7 +174,7 @@ def memory_batches(
     data: MemoryData,
     order: torch.Tensor,
     pieces: Iterator[torch.Tensor],
-    params: Any = None,
+    params: AugParams | None = None,
     channels_last: bool = False,
 ) -> Iterator[MicroBatch]:
     """:class:`MicroBatch` es of ``data``'s samples ``order[piece]`` for each of ``pieces``

@@ -18,7 +18,7 @@ from ckd.errors import RunDirError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no module on Windows
 
 LOCK_NAME = ".ckd.lock"
 

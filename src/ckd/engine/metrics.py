@@ -65,11 +65,14 @@ class MetricsLog:
 
     def step_of(self, row: dict[str, Any]) -> float:
         """The optimisation step a row was written at."""
+        step: float
         if "step" in row:
-            return row["step"]
-        if "iter" in row:
-            return row["iter"]
-        return row.get(self.step_key, 0) * self.unit
+            step = row["step"]
+        elif "iter" in row:
+            step = row["iter"]
+        else:
+            step = row.get(self.step_key, 0) * self.unit
+        return step
 
     def row_at(self, step: int) -> dict[str, Any] | None:
         """The kept row of ``step`` (after a resume), if any."""

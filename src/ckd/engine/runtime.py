@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ckd.config import RunConfig
 from ckd.engine.distributed import DistContext, check_split, init_distributed, main_only
 from ckd.errors import ConfigError
+from ckd.methods.distiller import Distiller
 
 
 def pick_device(name: str) -> torch.device:
@@ -132,7 +134,7 @@ class Runtime:
 
     @classmethod
     def start(
-        cls, run: Any, batch_size: int, accum_steps: int, graph_obstacle: str | None = None
+        cls, run: RunConfig, batch_size: int, accum_steps: int, graph_obstacle: str | None = None
     ) -> Runtime:
         """Join the process group when ``torchrun`` started this process, and pick the device,
         precision and graphs for the ``run`` section (``graph_obstacle``: why the config's
@@ -198,7 +200,7 @@ class Runtime:
             parts.append(f"DDP {backend} x {self.dist.world_size} process(es)")
         return ", ".join(parts)
 
-    def place(self, distiller: nn.Module, teacher_compiled: bool) -> None:
+    def place(self, distiller: Distiller, teacher_compiled: bool) -> None:
         """Move ``distiller`` (student, teacher, methods) to the device and layout, convert
         the student to SyncBatchNorm when asked, compile what ``run.compile`` says
         (``teacher_compiled``: the teacher runs live, so compiling it helps)."""
@@ -210,7 +212,7 @@ class Runtime:
         graphs = self.compile == "reduce-overhead"
         if self.compile is True or graphs:
             distiller.student.compile(**({"mode": "reduce-overhead"} if graphs else {}))
-        teacher = getattr(distiller, "teacher", None)
+        teacher = distiller.teacher
         if self.compile is not False and teacher_compiled and teacher is not None:
             # frozen: weights become constants (BN folded); torch.compile takes a mode or
             # options, so reduce-overhead's CUDA graphs are asked for as an option

@@ -14,12 +14,13 @@ import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ckd.config import BaseConfig
+from ckd.data.fast import MemoryData
 from ckd.engine.cache import (
+    CacheSource,
     TeacherCache,
     build_cache,
     cache_folder_problem,
@@ -65,17 +66,31 @@ def cache_epochs(task: Task, total_steps: int) -> int:
     return -(-total_steps // task.loader.steps_per_epoch)
 
 
+def _cached(cfg: BaseConfig, task: Task) -> tuple[CacheSource, MemoryData]:
+    """The run's config as a cache identity reads it, and its training split in memory (a
+    ConfigError when the run has neither)."""
+    if not isinstance(cfg, CacheSource):
+        raise ConfigError(f"run.teacher_cache: task {cfg.task} has no teacher cache")
+    if task.memory is None:
+        raise ConfigError("run.teacher_cache needs the training set in memory (data.loader=fast)")
+    return cfg, task.memory
+
+
 def build_for(
-    cfg: Any, task: Any, epochs: int, features: bool, echo: Callable[[str], None]
+    cfg: BaseConfig, task: Task, epochs: int, features: bool, echo: Callable[[str], None]
 ) -> TeacherCache:
     """Build the cache in ``cfg.run.teacher_cache`` for ``task``'s training views (the folder
     must be absent or empty)."""
     d = task.distiller
+    source, memory = _cached(cfg, task)
+    folder = cfg.run.teacher_cache
+    if folder is None or d.teacher is None:
+        raise ConfigError("run.teacher_cache: the run names no cache or has no teacher")
     return build_cache(
-        cfg.run.teacher_cache,
+        folder,
         d.teacher,
-        task.memory,
-        cache_identity(cfg, task.memory),
+        memory,
+        cache_identity(source, memory),
         epochs,
         batch_size=max(cfg.data.batch_size, cfg.data.test_batch_size),
         channels_last=task.runtime.channels_last,
@@ -85,7 +100,7 @@ def build_for(
 
 
 def teacher_outputs(
-    cfg: Any, task: Any, total_steps: int, epoch: int, echo: Callable[[str], None]
+    cfg: BaseConfig, task: Task, total_steps: int, epoch: int, echo: Callable[[str], None]
 ) -> LiveTeacher | CachedTeacher:
     """The run's teacher outputs: the cache ``run.teacher_cache`` (built first when its folder
     is absent or empty; verified on the run's own batches of ``epoch``) when it holds what the
@@ -93,14 +108,13 @@ def teacher_outputs(
     folder, d, rt = cfg.run.teacher_cache, task.distiller, task.runtime
     if folder is None or d.teacher is None:
         return LiveTeacher()
-    if task.memory is None:
-        raise ConfigError("run.teacher_cache needs the training set in memory (data.loader=fast)")
+    source, memory = _cached(cfg, task)
     epochs = cache_epochs(task, total_steps)
     if not rt.is_main:  # rank 0 opens (or builds) it first
         rt.dist.barrier()
     else:
         remove_stale_builds(folder)
-    cache = open_cache(folder, cache_identity(cfg, task.memory), epochs)
+    cache = open_cache(folder, cache_identity(source, memory), epochs)
     if cache is None:
         echo(
             f"teacher cache {folder}: none yet; building it ({epochs} epochs x "
@@ -158,7 +172,8 @@ def build_teacher_cache(
     if replace:
         remove_cache(folder)
     remove_stale_builds(folder)
-    cache = open_cache(folder, cache_identity(cfg, task.memory), epochs)
+    source, memory = _cached(cfg, task)
+    cache = open_cache(folder, cache_identity(source, memory), epochs)
     if cache is not None and (cache.has_features or not features):
         return f"{folder}: up to date ({cache.epochs} epochs); nothing to do"
     if cache is not None:

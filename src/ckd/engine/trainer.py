@@ -67,6 +67,8 @@ class TrainView(nn.Module):
     """What DDP wraps: the student and the methods' modules (never the teacher, which the
     distiller keeps outside this module's parameters); forward = ``Distiller.forward_train``."""
 
+    _distiller: Distiller
+
     def __init__(self, distiller: Distiller) -> None:
         super().__init__()
         self.student = distiller.student
@@ -289,8 +291,8 @@ class Trainer:
         n = len(micro_batches)
         done = []
         for k, mb in enumerate(micro_batches):
-            later = self.ddp is not None and k < n - 1
-            with self.ddp.no_sync() if later else nullcontext():  # type: ignore[union-attr]
+            later = k < n - 1  # DDP's all-reduce waits for the last micro-batch
+            with self.ddp.no_sync() if self.ddp is not None and later else nullcontext():
                 with rt.autocast():
                     logits, terms = forward(
                         mb.inputs,
@@ -351,9 +353,10 @@ class Trainer:
         eval_every = self._every(cfg.run.eval_every, spe)
         ckpt_every = self._every(cfg.run.checkpoint_every, eval_every)
         log_every = self._every(cfg.run.log_every, eval_every)
-        if s.step >= total and self.folder.result() is not None:
+        finished = self.folder.result() if s.step >= total else None
+        if finished is not None:
             self.echo(f"run {self.out_dir}: finished already; nothing to do")
-            return self.folder.result()  # type: ignore[return-value]
+            return finished
         self.folder.start(cfg.to_dict())
         methods = " + ".join(m.name for m in cfg.method.parts())
         self.echo(f"run {self.out_dir}: {methods}, {task.describe()}, device {rt.device}")

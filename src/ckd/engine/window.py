@@ -77,11 +77,11 @@ class Window:
         keys = list(self.sums)
         extra = torch.tensor([float(self.count), float(self.samples)], device=rt.device)
         flat = torch.cat([torch.stack([self.sums[k] for k in keys]), extra]) if keys else extra
-        flat = rt.dist.all_reduce_sum(flat).tolist()
-        count, samples = max(flat[-2], 1.0), flat[-1]
+        totals: list[float] = rt.dist.all_reduce_sum(flat).tolist()
+        count, samples = max(totals[-2], 1.0), totals[-1]
         seconds = time.perf_counter() - self.start
-        self.__init__()
-        means = {k: v / count for k, v in zip(keys, flat, strict=False)}
+        Window.__init__(self)  # a fresh window
+        means = {k: v / count for k, v in zip(keys, totals, strict=False)}
         terms = {name: v for (kind, name), v in means.items() if kind == "term"}
         stats = {name: v for (kind, name), v in means.items() if kind == "stat"}
         return terms, stats, samples, seconds

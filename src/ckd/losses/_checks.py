@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 
@@ -33,7 +33,9 @@ def wide(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def as_float32(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+def as_float32(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Student logits in the losses' precision (gradient kept), the teacher's in the same and
     detached: float32, or float64 when either is float64 (see :func:`wide`)."""
     wider = torch.float64 in (student_logits.dtype, teacher_logits.dtype)
@@ -41,7 +43,7 @@ def as_float32(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
     return student_logits.to(dtype), teacher_logits.detach().to(dtype)
 
 
-def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
     """A context in which autocast is off, so float32 inputs are computed in float32."""
     try:
         return torch.autocast(device.type, enabled=False)
@@ -49,15 +51,18 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-F = TypeVar("F", bound=Callable[..., torch.Tensor])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def in_full_precision(fn: F) -> F:
+def in_full_precision(
+    fn: Callable[Concatenate[torch.Tensor, P], R],
+) -> Callable[Concatenate[torch.Tensor, P], R]:
     """Decorator: run a loss whose first argument is a tensor with autocast switched off."""
 
     @functools.wraps(fn)
-    def wrapper(first: torch.Tensor, *args, **kwargs):
+    def wrapper(first: torch.Tensor, /, *args: P.args, **kwargs: P.kwargs) -> R:
         with full_precision(first.device):
             return fn(first, *args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

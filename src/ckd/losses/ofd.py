@@ -97,7 +97,7 @@ def ofd_partial_l2(
         s = wide(student)
         t = wide(teacher.detach())
         if t.shape[-2:] != s.shape[-2:]:
-            t = F.adaptive_avg_pool2d(t, s.shape[-2:])
+            t = F.adaptive_avg_pool2d(t, (s.shape[-2], s.shape[-1]))
         t = torch.maximum(t, margin.detach().to(t.dtype).view(1, -1, 1, 1))
         ignored = (s <= t) & (t <= 0)
         distance = torch.where(ignored, torch.zeros_like(s), (s - t) ** 2)

@@ -82,6 +82,6 @@ def vid_loss(
         mu = wide(pred_mean)
         t = wide(target.detach())
         if t.shape[-2:] != mu.shape[-2:]:
-            t = F.adaptive_avg_pool2d(t, mu.shape[-2:])
+            t = F.adaptive_avg_pool2d(t, (mu.shape[-2], mu.shape[-1]))
         var = vid_variance(log_scale, eps).view(1, -1, 1, 1)
         return (0.5 * ((mu - t) ** 2 / var + torch.log(var))).mean()

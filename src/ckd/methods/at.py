@@ -26,7 +26,7 @@ class ATOptions(MethodOptions):
 
 
 @METHODS.register("at")
-class AT(Method):
+class AT(Method[ATOptions]):
     Options = ATOptions
     needs_features = True
     description = "matches normalised spatial attention maps (channel mean of |f|^p) per stage"

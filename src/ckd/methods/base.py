@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -121,8 +121,8 @@ class Batch:
         student: Outputs,
         targets: torch.Tensor,
         teacher: Callable[[], Outputs],
-        epoch: int = 0,
-        step: int = 0,
+        epoch: int | torch.Tensor = 0,
+        step: int | torch.Tensor = 0,
         index: torch.Tensor | None = None,
         gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
@@ -147,7 +147,7 @@ class Batch:
         return 1.0 if epochs <= 0 else _at_most_one((self.epoch + 1) / epochs)
 
 
-def _at_most_one(x: Any) -> Any:
+def _at_most_one(x: float | torch.Tensor) -> float | torch.Tensor:
     return x.clamp(max=1.0) if isinstance(x, torch.Tensor) else min(x, 1.0)
 
 
@@ -155,10 +155,15 @@ def _same(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class Method(nn.Module):
+#: A method's options class (each method reads its own fields: ``class KD(Method[KDOptions])``).
+OptionsT = TypeVar("OptionsT", bound=MethodOptions, covariant=True)
+
+
+class Method(nn.Module, Generic[OptionsT]):
     """A distillation method: ``forward(batch) -> {term name: weighted scalar}``.
 
-    Subclasses set :attr:`Options`, :attr:`description`, :attr:`paper`, and
+    Subclasses name their options class as the type argument (``Method[KDOptions]``) and set
+    :attr:`Options`, :attr:`description`, :attr:`paper`, and
     :attr:`needs_teacher` / :attr:`needs_features` / :attr:`embedding_only` / :attr:`tasks` when
     they differ from the defaults.
     """
@@ -177,9 +182,9 @@ class Method(nn.Module):
     #: host, or its shapes depend on the data); empty: it can (``run.cuda_graphs``).
     graph_unsafe: ClassVar[str] = ""
 
-    def __init__(self, options: MethodOptions, setup: Setup) -> None:
+    def __init__(self, options: OptionsT, setup: Setup) -> None:
         super().__init__()
-        self.options = options
+        self.options: OptionsT = options
         self.setup = setup
 
     def attach(self, student: nn.Module, teacher: nn.Module | None) -> None:
@@ -191,7 +196,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method[MethodOptions]]] = Registry("method")
 
 
 def aligned_stages(setup: Setup, method: str) -> tuple[list[int], list[int]]:

@@ -37,7 +37,7 @@ class CKDOptions(MethodOptions):
 
 
 @METHODS.register("ckd")
-class CKD(Method):
+class CKD(Method[CKDOptions]):
     Options = CKDOptions
     tasks = ("classification", "detection")
     description = "sample-wise InfoNCE between L2-normalised teacher and student logits of a batch"

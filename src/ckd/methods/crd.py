@@ -59,7 +59,7 @@ class CRDOptions(MethodOptions):
         self.require(0 <= self.nce_m <= 1, "nce_m", "in [0, 1]")
 
 
-def _fp32(device: torch.device) -> contextlib.AbstractContextManager:
+def _fp32(device: torch.device) -> contextlib.AbstractContextManager[None]:
     try:
         return torch.autocast(device.type, enabled=False)
     except RuntimeError:
@@ -74,22 +74,28 @@ def draw_negatives(index: torch.Tensor, num_data: int, k: int) -> torch.Tensor:
 
 
 @METHODS.register("crd")
-class CRD(Method):
+class CRD(Method[CRDOptions]):
     Options = CRDOptions
     needs_features = True
     embedding_only = True  # reads the embedding, no stage map
     description = "NCE contrast of embeddings against memory banks over the whole training set"
     paper = "Tian et al., Contrastive Representation Distillation, ICLR 2020"
 
+    # buffers (registered in __init__)
+    memory_student: torch.Tensor
+    memory_teacher: torch.Tensor
+    normalisers: torch.Tensor
+
     def __init__(self, options: CRDOptions, setup: Setup) -> None:
         super().__init__(options, setup)
-        if setup.student is None or setup.teacher is None:
+        s, t = setup.student, setup.teacher
+        if s is None or t is None or s.embedding is None or t.embedding is None:
             raise ValueError("crd needs the student's and teacher's embedding sizes in its Setup")
         if setup.num_train < 2:
             raise ValueError(f"crd needs a training set of >= 2 samples; got {setup.num_train}")
         d = options.feat_dim
-        self.embed_student = nn.Linear(setup.student.embedding, d)
-        self.embed_teacher = nn.Linear(setup.teacher.embedding, d)
+        self.embed_student = nn.Linear(s.embedding, d)
+        self.embed_teacher = nn.Linear(t.embedding, d)
         bound = 1.0 / math.sqrt(d / 3)  # uniform in [-bound, bound], as the reference
         for name in ("memory_student", "memory_teacher"):
             self.register_buffer(name, torch.rand(setup.num_train, d) * (2 * bound) - bound)

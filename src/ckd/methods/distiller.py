@@ -14,7 +14,7 @@ one way every task builds it from the configured methods.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class Distiller(nn.Module):
         self,
         student: nn.Module,
         teacher: nn.Module | None,
-        methods: list[Method],
+        methods: list[Method[MethodOptions]],
         view: View | None = None,
     ) -> None:
         super().__init__()
@@ -81,16 +81,24 @@ class Distiller(nn.Module):
         return self.student(inputs)
 
     def forward_train(
-        self, inputs: Any, targets: Any, teacher: TeacherSource = None, **ctx: Any
+        self,
+        inputs: Any,
+        targets: Any,
+        teacher: TeacherSource = None,
+        epoch: int | torch.Tensor = 0,
+        step: int | torch.Tensor = 0,
+        index: torch.Tensor | None = None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One training batch -> (student logits ``[B, K]``, {term name: weighted scalar}).
 
-        ``ctx`` (``epoch``, ``step``, ``index``, ``gather``) is passed on to every method in the
+        ``epoch``, ``step``, ``index`` and ``gather`` are passed on to every method in the
         :class:`Batch`; ``teacher`` gives the teacher's outputs instead of running it (e.g. from
-        a cache; see :data:`TeacherSource`).
+        a cache; see :data:`TeacherSource`). ``inputs`` and ``targets`` are the task's (what its
+        :class:`View` reads).
         """
         out, rows, own, context = self.view.student(self.student, inputs, targets, self.needs)
-        w_ce = self.methods[0].options.w_ce
+        w_ce = cast(Method[MethodOptions], self.methods[0]).options.w_ce
         terms = {name: w_ce * value for name, value in own.items()}
 
         def run_teacher() -> Outputs:
@@ -98,7 +106,7 @@ class Distiller(nn.Module):
                 return self.teacher_outputs(inputs, context)
             return teacher if isinstance(teacher, Outputs) else teacher()
 
-        batch = Batch(out, rows, run_teacher, **ctx)
+        batch = Batch(out, rows, run_teacher, epoch, step, index, gather)
         for method in self.methods:
             for name, value in method(batch).items():
                 terms.setdefault(name, value)

@@ -44,7 +44,7 @@ class DKDOptions(MethodOptions):
 
 
 @METHODS.register("dkd")
-class DKD(Method):
+class DKD(Method[DKDOptions]):
     Options = DKDOptions
     tasks = ("classification", "detection")
     description = "KD decoupled into target-class (TCKD) and non-target-class (NCKD) parts"

@@ -59,7 +59,8 @@ class HintRegressor(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        out: torch.Tensor = self.relu(self.bn(self.conv(x)))
+        return out
 
 
 def hint_stages(hint_layer: int, setup: Setup) -> tuple[int, int]:
@@ -77,7 +78,7 @@ def hint_stages(hint_layer: int, setup: Setup) -> tuple[int, int]:
 
 
 @METHODS.register("fitnet")
-class FitNet(Method):
+class FitNet(Method[FitNetOptions]):
     Options = FitNetOptions
     needs_features = True
     description = "MSE between a regressed student hint stage and the teacher's matching stage"
@@ -86,6 +87,7 @@ class FitNet(Method):
     def __init__(self, options: FitNetOptions, setup: Setup) -> None:
         super().__init__(options, setup)
         self.student_index, self.teacher_index = hint_stages(options.hint_layer, setup)
+        assert setup.student is not None and setup.teacher is not None  # hint_stages checks
         self.regressor = HintRegressor(
             setup.student.feats[self.student_index], setup.teacher.feats[self.teacher_index]
         )

@@ -31,7 +31,7 @@ class KDOptions(MethodOptions):
 
 
 @METHODS.register("kd")
-class KD(Method):
+class KD(Method[KDOptions]):
     Options = KDOptions
     tasks = ("classification", "detection")
     description = "KL between temperature-softened teacher and student probabilities"

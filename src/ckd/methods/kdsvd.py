@@ -30,7 +30,7 @@ class KDSVDOptions(MethodOptions):
 
 
 @METHODS.register("kdsvd")
-class KDSVD(Method):
+class KDSVD(Method[KDSVDOptions]):
     Options = KDSVDOptions
     needs_features = True
     description = "RBF relations between consecutive stages' leading singular vectors"

@@ -21,7 +21,7 @@ class NSTOptions(MethodOptions):
 
 
 @METHODS.register("nst")
-class NST(Method):
+class NST(Method[NSTOptions]):
     Options = NSTOptions
     needs_features = True
     description = "MMD (polynomial kernel) between student and teacher channel activation maps"

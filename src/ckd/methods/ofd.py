@@ -69,7 +69,7 @@ def connector(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
 
 
 @METHODS.register("ofd")
-class OFD(Method):
+class OFD(Method[OFDOptions]):
     Options = OFDOptions
     needs_features = True
     needs_preact = True
@@ -81,7 +81,8 @@ class OFD(Method):
     def __init__(self, options: OFDOptions, setup: Setup) -> None:
         super().__init__(options, setup)
         self.student_stages, self.teacher_stages = aligned_stages(setup, "ofd")
-        s_feats, t_feats = setup.student.feats, setup.teacher.feats  # type: ignore[union-attr]
+        assert setup.student is not None and setup.teacher is not None  # aligned_stages checks
+        s_feats, t_feats = setup.student.feats, setup.teacher.feats
         self.connectors = nn.ModuleList(
             connector(s_feats[i][0], t_feats[j][0], options.connector_kernel)
             for i, j in zip(self.student_stages, self.teacher_stages, strict=True)
@@ -95,13 +96,18 @@ class OFD(Method):
                 "names none (preact_names)"
             )
         names = getattr(teacher, "preact_bn_names", ())
-        if len(names) != len(teacher.stage_names) or not names:
+        if len(names) != len(getattr(teacher, "stage_names", ())) or not names:
             raise ValueError(
                 f"ofd: {type(teacher).__name__} does not name the BN before each stage's ReLU "
                 "(preact_bn_names), so it cannot be an OFD teacher"
             )
         for k, j in enumerate(self.teacher_stages):
             bn = teacher.get_submodule(names[j])
+            if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.weight is None:
+                raise ValueError(
+                    f"ofd: {type(teacher).__name__}'s {names[j]} is not a BN with weight and "
+                    "bias (preact_bn_names), so it cannot be an OFD teacher"
+                )
             self.register_buffer(f"margin{k}", ofd_margin(bn.weight, bn.bias), persistent=False)
 
     def margins(self) -> list[torch.Tensor]:

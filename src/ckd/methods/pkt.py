@@ -25,7 +25,7 @@ class PKTOptions(MethodOptions):
 
 
 @METHODS.register("pkt")
-class PKT(Method):
+class PKT(Method[PKTOptions]):
     Options = PKTOptions
     needs_features = True
     embedding_only = True  # reads the embedding, no stage map
@@ -37,5 +37,7 @@ class PKT(Method):
 
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
-        loss = pkt_loss(b.student.embedding, b.teacher.embedding, o.eps)
+        s, t = b.student.embedding, b.teacher.embedding
+        assert s is not None and t is not None  # a feature method's outputs hold embeddings
+        loss = pkt_loss(s, t, o.eps)
         return {"pkt": o.w_pkt * loss}

@@ -80,13 +80,13 @@ class ABF(nn.Module):
 
     def __init__(self, c_in: int, mid: int, c_out: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid))
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(mid, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
-        )
+        conv1 = nn.Conv2d(c_in, mid, 1, bias=False)
+        self.conv1 = nn.Sequential(conv1, nn.BatchNorm2d(mid))
+        conv2 = nn.Conv2d(mid, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Sequential(conv2, nn.BatchNorm2d(c_out))
         self.att_conv = nn.Sequential(nn.Conv2d(2 * mid, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(conv1.weight, a=1)
+        nn.init.kaiming_uniform_(conv2.weight, a=1)
 
     def forward(
         self, x: torch.Tensor, deeper: torch.Tensor | None, out_size: tuple[int, int]
@@ -104,7 +104,7 @@ class ABF(nn.Module):
 
 
 @METHODS.register("reviewkd")
-class ReviewKD(Method):
+class ReviewKD(Method[ReviewKDOptions]):
     Options = ReviewKDOptions
     needs_features = True
     needs_preact = True  # the teacher's pre-ReLU maps
@@ -124,7 +124,7 @@ class ReviewKD(Method):
         self.embeddings = s.embedding is not None and t.embedding is not None
         c_in = [s.feats[i][0] for i in self.student_stages]
         c_out = [t.feats[j][0] for j in self.teacher_stages]
-        if self.embeddings:
+        if s.embedding is not None and t.embedding is not None:  # self.embeddings
             c_in.append(s.embedding)
             c_out.append(t.embedding)
         mid = min(options.max_mid_channels, c_in[-1])
@@ -134,7 +134,9 @@ class ReviewKD(Method):
             for k, (ci, co) in enumerate(zip(c_in, c_out, strict=True))
         )
 
-    def levels(self, out: Outputs, maps: tuple[torch.Tensor, ...], stages: list[int]):
+    def levels(
+        self, out: Outputs, maps: tuple[torch.Tensor, ...], stages: list[int]
+    ) -> list[torch.Tensor]:
         """The levels of one network, shallow to deep: its paired maps, then its pooled
         embedding as a ``1x1`` map."""
         levels = [maps[i] for i in stages]

@@ -30,7 +30,7 @@ class RKDOptions(MethodOptions):
 
 
 @METHODS.register("rkd")
-class RKD(Method):
+class RKD(Method[RKDOptions]):
     Options = RKDOptions
     needs_features = True
     embedding_only = True  # reads the embedding, no stage map
@@ -40,6 +40,7 @@ class RKD(Method):
     def forward(self, b: Batch) -> dict[str, torch.Tensor]:
         o = self.options
         s, t = b.student.embedding, b.teacher.embedding
+        assert s is not None and t is not None  # a feature method's outputs hold embeddings
         return {
             "rkd_distance": o.w_rkd * o.distance_weight * rkd_distance_loss(s, t, o.squared, o.eps),
             "rkd_angle": o.w_rkd * o.angle_weight * rkd_angle_loss(s, t),

@@ -20,7 +20,7 @@ class SPOptions(MethodOptions):
 
 
 @METHODS.register("sp")
-class SP(Method):
+class SP(Method[SPOptions]):
     Options = SPOptions
     needs_features = True
     description = "matches the row-normalised [B, B] similarity of the deepest feature maps"

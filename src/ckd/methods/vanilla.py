@@ -9,7 +9,7 @@ from ckd.methods.base import METHODS, Batch, Method, MethodOptions
 
 
 @METHODS.register("vanilla")
-class Vanilla(Method):
+class Vanilla(Method[MethodOptions]):
     Options = MethodOptions
     needs_teacher = False
     tasks = ("classification", "detection")

@@ -53,7 +53,7 @@ def regressor(c_in: int, c_out: int) -> nn.Sequential:
 
 
 @METHODS.register("vid")
-class VID(Method):
+class VID(Method[VIDOptions]):
     Options = VIDOptions
     needs_features = True
     description = (
@@ -64,7 +64,8 @@ class VID(Method):
     def __init__(self, options: VIDOptions, setup: Setup) -> None:
         super().__init__(options, setup)
         self.student_stages, self.teacher_stages = aligned_stages(setup, "vid")
-        s_feats, t_feats = setup.student.feats, setup.teacher.feats  # type: ignore[union-attr]
+        assert setup.student is not None and setup.teacher is not None  # aligned_stages checks
+        s_feats, t_feats = setup.student.feats, setup.teacher.feats
         pairs = list(zip(self.student_stages, self.teacher_stages, strict=True))
         self.regressors = nn.ModuleList(regressor(s_feats[i][0], t_feats[j][0]) for i, j in pairs)
         start = vid_log_scale_init(options.init_pred_var, options.eps)
@@ -78,6 +79,6 @@ class VID(Method):
         for k, (i, j) in enumerate(zip(self.student_stages, self.teacher_stages, strict=True)):
             s, t = b.student.feats[i], b.teacher.feats[j]
             if s.shape[2] > t.shape[2] or s.shape[3] > t.shape[3]:
-                s = F.adaptive_avg_pool2d(s, t.shape[-2:])
+                s = F.adaptive_avg_pool2d(s, (t.shape[-2], t.shape[-1]))
             terms.append(vid_loss(self.regressors[k](s), t, self.log_scales[k], o.eps))
         return {"vid": o.w_vid * torch.stack(terms).sum()}

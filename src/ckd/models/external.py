@@ -80,10 +80,10 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     new = nn.Conv2d(
         in_channels,
         old.out_channels,
-        old.kernel_size,  # type: ignore[arg-type]
-        old.stride,  # type: ignore[arg-type]
-        old.padding,  # type: ignore[arg-type]
-        old.dilation,  # type: ignore[arg-type]
+        old.kernel_size,  # type: ignore[arg-type]  # tuple[int, ...] in torch's stubs
+        old.stride,  # type: ignore[arg-type]  # tuple[int, ...] in torch's stubs
+        old.padding,  # type: ignore[arg-type]  # tuple[int, ...] in torch's stubs
+        old.dilation,  # type: ignore[arg-type]  # tuple[int, ...] in torch's stubs
         groups=1,
         bias=old.bias is not None,
         padding_mode=old.padding_mode,
@@ -91,6 +91,7 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     mean = old.weight.mean(dim=1, keepdim=True)
     new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (old.in_channels / in_channels))
     if old.bias is not None:
+        assert new.bias is not None  # made with one
         new.bias.copy_(old.bias)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name), attr, new)

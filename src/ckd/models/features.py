@@ -12,7 +12,7 @@ Models that do not name their stages (torchvision, timm) get them from
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 INPUT_SUFFIX = ":in"
+#: A forward hook: ``(module, inputs, output) -> None``.
+Hook = Callable[[nn.Module, tuple[Any, ...], Any], None]
 
 
 class FeatureExtractor:
@@ -51,7 +53,7 @@ class FeatureExtractor:
             self.remove()
             raise
 
-    def _hook(self, name: str, take_input: bool) -> Any:
+    def _hook(self, name: str, take_input: bool) -> Hook:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             self.features[name] = inputs[0] if take_input else output
 
@@ -148,7 +150,7 @@ def infer_stage_names(model: nn.Module, sample: Tensor) -> tuple[tuple[str, ...]
     calls: dict[str, int] = {}
     linears: list[tuple[str, Any]] = []
 
-    def hook(name: str, module: nn.Module) -> Any:
+    def hook(name: str, module: nn.Module) -> Hook:
         def record(_m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             if name in sizes:
@@ -180,7 +182,7 @@ def infer_stage_names(model: nn.Module, sample: Tensor) -> tuple[tuple[str, ...]
     def larger(a: tuple[int, int], b: tuple[int, int]) -> bool:
         return a[0] > b[0] or a[1] > b[1]
 
-    maps = [(n, sizes[n][1]) for n in order if sizes[n][1] is not None]
+    maps = [(n, res) for n in order if (res := sizes[n][1]) is not None]
     trunk: dict[str, tuple[int, int]] = {}
     for i, (name, res) in enumerate(maps):
         if calls[name] == 1 and not any(larger(r, res) for _, r in maps[i + 1 :]):

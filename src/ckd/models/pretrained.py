@@ -245,7 +245,7 @@ def _replace_head(model: nn.Module, old_classes: int, num_classes: int) -> None:
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding)  # type: ignore[arg-type]  # tuple[int, ...] in torch's stubs
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent), attr, new.to(old.weight.device, old.weight.dtype))
 

@@ -79,7 +79,8 @@ class MobileNetV2(ZooModel):
             self.blocks.append(nn.Sequential(*group))
         last = int(1280 * width) if width > 1.0 else 1280
         self.conv2 = _conv_bn_relu(cin, last, 1, 1)
-        self.classifier = nn.Sequential(nn.Linear(last, num_classes))
+        head = nn.Linear(last, num_classes)
+        self.classifier = nn.Sequential(head)
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
         # Pre-activation of each stage feature, aligned with stage_names: the stem's ReLU input,
         # then the block groups' outputs themselves (linear bottlenecks, no ReLU after them), and
@@ -88,11 +89,14 @@ class MobileNetV2(ZooModel):
         self.preact_names = ("conv1.2:in", *self.stage_names[1:])
         self.preact_bn_names = (
             "conv1.1",
-            *(f"{g}.{len(self.get_submodule(g)) - 1}.conv.7" for g in self.stage_names[1:]),
+            *(
+                f"{g}.{len(list(self.get_submodule(g).children())) - 1}.conv.7"
+                for g in self.stage_names[1:]
+            ),
         )
         init_conv_bn_(self)
-        nn.init.normal_(self.classifier[0].weight, 0.0, 0.01)
-        nn.init.zeros_(self.classifier[0].bias)
+        nn.init.normal_(head.weight, 0.0, 0.01)
+        nn.init.zeros_(head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)

@@ -7,14 +7,16 @@ a run's trained student with its dataset's facts (:func:`load_student`, for ``ck
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ckd.data import DATASETS, DatasetInfo, resolve_dataset, subset
+from ckd.data.base import dataset_size
 from ckd.engine.checkpoint import find_checkpoint, load_checkpoint
 from ckd.engine.evaluate import evaluate
 from ckd.engine.runtime import amp_dtype, pick_device
@@ -30,12 +32,12 @@ class CheckpointData(NamedTuple):
     model: nn.Module
     model_name: str
     data_name: str
-    test: Any  # the test set chosen
+    test: Dataset[Any]  # the test set chosen
     test_set: str  # which one, in words
 
 
 def checkpoint_model(
-    path: str | Path,
+    path: str | os.PathLike[str],
     model: str | None = None,
     data: str | None = None,
     data_root: str | None = None,
@@ -93,25 +95,26 @@ def checkpoint_model(
 
 
 def _test_set(
-    split: Any, n: int | None, full: bool, same_data: bool, saved: dict[str, Any]
-) -> tuple[Any, str]:
+    split: Dataset[Any], n: int | None, full: bool, same_data: bool, saved: dict[str, Any]
+) -> tuple[Dataset[Any], str]:
     """The test set :func:`checkpoint_model` evaluates on, and its description."""
-    size = len(split)
+    size = dataset_size(split)
     if n is not None:
         chosen = subset(split, n)
-        return chosen, f"a subset, {len(chosen)} of {size} images, seed 0"
+        return chosen, f"a subset, {dataset_size(chosen)} of {size} images, seed 0"
     run_subset = (saved.get("data") or {}).get("test_subset")
     if full or not same_data or run_subset is None or run_subset >= size:
         return split, f"the whole split, {size} images"
     seed = (saved.get("run") or {}).get("seed", 0)
     chosen = subset(split, run_subset, seed=seed)
     return chosen, (
-        f"the run's test subset, {len(chosen)} of {size} images, seed {seed}; --full-test for all"
+        f"the run's test subset, {dataset_size(chosen)} of {size} images, seed {seed}; "
+        "--full-test for all"
     )
 
 
 def evaluate_checkpoint(
-    path: str | Path,
+    path: str | os.PathLike[str],
     model: str | None = None,
     data: str | None = None,
     data_root: str | None = None,
@@ -173,7 +176,7 @@ def _dataset_info(ckpt: dict[str, Any], path: Path) -> DatasetInfo:
     return spec.info
 
 
-def load_student(source: str | Path) -> Student:
+def load_student(source: str | os.PathLike[str]) -> Student:
     """The student of a run folder or checkpoint of ours, with its trained weights.
 
     Raises:

@@ -10,13 +10,15 @@ augmented on the device (``fast``, :class:`~ckd.engine.loaders.MemoryLoader`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ckd.data import DatasetInfo, resolve_dataset, subset
+from ckd.data.base import dataset_size
 from ckd.data.fast import memory_data
 from ckd.engine.distributed import shard
 from ckd.engine.evaluate import evaluate
@@ -28,7 +30,7 @@ from ckd.tasks.classification.config import ClassificationConfig
 from ckd.tasks.classification.models import build_distiller
 
 
-def datasets(cfg: ClassificationConfig) -> tuple[DatasetInfo, Any, Any]:
+def datasets(cfg: ClassificationConfig) -> tuple[DatasetInfo, Dataset[Any], Dataset[Any]]:
     """The dataset's facts and its training (augmented, subset) and test splits."""
     d = cfg.data
     spec = resolve_dataset(d)  # a folder dataset reads its classes, channels, size here
@@ -37,10 +39,10 @@ def datasets(cfg: ClassificationConfig) -> tuple[DatasetInfo, Any, Any]:
     train = spec.build(d.root, True, d.augment, d.download, d.verify)
     test = spec.build(d.root, False, False, d.download, d.verify)
     for split, dataset, n in (("train", train, d.train_subset), ("test", test, d.test_subset)):
-        if n is not None and n > len(dataset):
+        if n is not None and n > dataset_size(dataset):
             raise ConfigError(
                 f"data.{split}_subset={n} but the {split} split of {d.name} holds "
-                f"{len(dataset)} images; give at most that, or null for all"
+                f"{dataset_size(dataset)} images; give at most that, or null for all"
             )
     seed = cfg.run.seed
     return info, subset(train, d.train_subset, seed=seed), subset(test, d.test_subset, seed=seed)
@@ -52,15 +54,19 @@ class Classification(Task):
     score = "top1"
     fixed_shapes = True  # every batch [B, C, S, S] images and [B] labels (the last one dropped)
 
+    cfg: ClassificationConfig
+
     def __init__(self, cfg: ClassificationConfig, runtime: Runtime) -> None:
         self.cfg, self.runtime = cfg, runtime
         d, rt = cfg.data, runtime
         self.info, train, test = datasets(cfg)
         accum = cfg.optim.accum_steps
+        self.test: Iterable[Any]
         if d.loader == "fast":
             self.memory = memory_data(train, rt.device, d.name)
             test_memory = memory_data(test, rt.device, d.name)
-            self.loader: Any = MemoryLoader(
+            assert d.aug_seed is not None  # ClassificationConfig.resolve sets it
+            self.loader = MemoryLoader(
                 self.memory,
                 d.batch_size,
                 cfg.run.seed,
@@ -73,7 +79,7 @@ class Classification(Task):
             size = d.test_batch_size
             pieces = [order[i : i + size] for i in range(0, len(order), size)]
 
-            def test_batches():
+            def test_batches() -> Iterator[MicroBatch]:
                 positions = torch.arange(len(test_memory))
                 yield from memory_batches(
                     test_memory, positions, iter(pieces), None, rt.channels_last
@@ -92,11 +98,13 @@ class Classification(Task):
                 accum,
                 pin_memory=cuda,
             )
-            share = test if not rt.dist.distributed else Subset(test, shard(len(test), rt.dist))
+            share = test
+            if rt.dist.distributed:
+                share = Subset(test, shard(dataset_size(test), rt.dist).tolist())
             self.test = DataLoader(
                 share, batch_size=d.test_batch_size, num_workers=d.num_workers, pin_memory=cuda
             )
-        self.num_test = len(test)
+        self.num_test = dataset_size(test)
         self.distiller = build_distiller(cfg, self.info, self.loader.num_samples)
 
     def _prepare(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> MicroBatch:
@@ -138,8 +146,8 @@ class Classification(Task):
 class _Reiterable:
     """An iterable that calls ``make()`` for each pass."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Callable[[], Iterator[MicroBatch]]) -> None:
         self.make = make
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[MicroBatch]:
         return iter(self.make())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,10 +24,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ckd.data.base import DataNotFoundError
 
+if TYPE_CHECKING:  # pycocotools is imported when a dataset is read
+    from pycocotools.coco import COCO
+
 Target = dict[str, Any]
 
 
-def _quiet_coco(annotation_file: Path):
+def _quiet_coco(annotation_file: Path) -> COCO:
     from pycocotools.coco import COCO
 
     with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints timings
@@ -41,10 +44,10 @@ def _valid(ann: dict[str, Any], width: int, height: int) -> bool:
     x, y, w, h = ann["bbox"]
     x1, y1 = max(x, 0.0), max(y, 0.0)
     x2, y2 = min(x + w, float(width)), min(y + h, float(height))
-    return (x2 - x1) > 1 and (y2 - y1) > 1
+    return bool((x2 - x1) > 1 and (y2 - y1) > 1)
 
 
-class CocoDetection(Dataset):
+class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
     """One split of a COCO-format dataset (see the module docstring for what a sample holds).
 
     Args:
@@ -147,7 +150,9 @@ def collate(batch: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     return (list(images), list(targets), *(torch.tensor(i) for i in index))
 
 
-def val_loader(dataset: CocoDetection, batch_size: int, num_workers: int) -> DataLoader:
+def val_loader(
+    dataset: CocoDetection, batch_size: int, num_workers: int
+) -> DataLoader[tuple[torch.Tensor, Target]]:
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )

@@ -18,7 +18,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from ckd.tasks.detection.data import CocoDetection
+from ckd.tasks.detection.data import CocoDetection, Target
 
 STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -60,14 +60,15 @@ def coco_stats(dataset: CocoDetection, results: list[dict[str, Any]], iou_type: 
 @torch.no_grad()
 def evaluate_detector(
     model: GeneralizedRCNN,
-    loader: DataLoader,
+    loader: DataLoader[tuple[torch.Tensor, Target]],
     device: torch.device,
     amp: torch.dtype | None = None,
     masks: bool = False,
 ) -> dict[str, float]:
     """Box (and mask) AP of ``model`` on the loader's :class:`CocoDetection` set; ``model`` is
     put in eval mode (the caller restores training mode)."""
-    dataset: CocoDetection = loader.dataset  # type: ignore[assignment]
+    dataset = loader.dataset
+    assert isinstance(dataset, CocoDetection)  # as val_loader makes it
     model.eval()
     box_rows: list[dict[str, Any]] = []
     mask_rows: list[dict[str, Any]] = []

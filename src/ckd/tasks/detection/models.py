@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torchvision
 from torch import nn
+from torchvision.models import MobileNetV2, ResNet
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -38,13 +39,13 @@ def _norm(name: str) -> Callable[..., nn.Module]:
     return FrozenBatchNorm2d if name == "frozen_bn" else nn.BatchNorm2d
 
 
-def _classifier(m: DetModelConfig, norm: Callable[..., nn.Module]) -> nn.Module:
+def _classifier(m: DetModelConfig, norm: Callable[..., nn.Module]) -> ResNet | MobileNetV2:
     if m.backbone == "mobilenet_v2":
         return torchvision.models.mobilenet_v2(width_mult=m.width_mult, norm_layer=norm)
     return getattr(torchvision.models, m.backbone)(norm_layer=norm)
 
 
-def _imagenet_classifier(m: DetModelConfig) -> nn.Module:
+def _imagenet_classifier(m: DetModelConfig) -> ResNet | MobileNetV2:
     """The classification network of the backbone, with ImageNet weights when given."""
     net = _classifier(m, nn.BatchNorm2d)
     if m.backbone_checkpoint is not None:
@@ -101,7 +102,7 @@ def build_detector(
         model = _build(m, det, size, num_classes)
     train_sizes, test_size = tuple(size.min_size), (size.test_min_size,)
 
-    def pick_sizes(module: nn.Module, args: object) -> None:
+    def pick_sizes(module: GeneralizedRCNN, args: object) -> None:
         module.transform.min_size = train_sizes if module.training else test_size
 
     model.register_forward_pre_hook(pick_sizes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,6 +23,12 @@ CATEGORIES = (
     {"id": 3, "name": "triangle"},
 )
 SPLITS = ("train2017", "val2017")
+
+
+class _Shape(TypedDict):
+    kind: int  # the category: 1..3
+    poly: list[float]  # x0, y0, x1, y1, ...
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
 
 
 def _polygon(kind: int, cx: float, cy: float, r: float, angle: float) -> list[float]:
@@ -45,7 +51,7 @@ def _image(
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
     placed: list[tuple[float, float, float, float]] = []
-    objects = []
+    objects: list[_Shape] = []
     count = 0 if empty else int(rng.integers(1, max_shapes + 1))
     for _ in range(count * 20):  # rejection sampling: no two shapes' boxes overlap
         if len(objects) == count:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from ckd.engine.loaders import MicroBatch, StandardLoader
 from ckd.engine.runtime import Runtime
@@ -20,7 +21,7 @@ from ckd.errors import ConfigError
 from ckd.methods import Distiller, Shapes
 from ckd.methods import build_distiller as assemble
 from ckd.tasks.detection.config import DetConfig
-from ckd.tasks.detection.data import CocoDetection, collate, val_loader
+from ckd.tasks.detection.data import CocoDetection, Target, collate, val_loader
 from ckd.tasks.detection.evaluate import evaluate_detector
 from ckd.tasks.detection.models import build_detector
 from ckd.tasks.detection.shapes import make_shapes, shapes_present
@@ -35,11 +36,20 @@ def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
             raise ConfigError(f"data.root: no shapes dataset in {d.root!r} (data.generate=false)")
         make_shapes(d.root, seed=0)
     masks = cfg.detector.arch == "mask_rcnn"
-    common = dict(labels=d.labels, seed=cfg.run.seed)
+    labels, seed = d.labels, cfg.run.seed
     train = CocoDetection(
-        d.root, d.train_split, True, masks, flip=d.flip, subset=d.train_subset, **common
+        d.root,
+        d.train_split,
+        True,
+        masks,
+        flip=d.flip,
+        subset=d.train_subset,
+        labels=labels,
+        seed=seed,
     )
-    val = CocoDetection(d.root, d.val_split, False, False, subset=d.val_subset, **common)
+    val = CocoDetection(
+        d.root, d.val_split, False, False, subset=d.val_subset, labels=labels, seed=seed
+    )
     for key, dataset, n in (("train", train, d.train_subset), ("val", val, d.val_subset)):
         if n is not None and n > dataset.available:
             kept = " with a valid annotation" if key == "train" else ""
@@ -54,7 +64,7 @@ def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
     return train, val
 
 
-def fpn_shapes(model: nn.Module, num_classes: int) -> Shapes:
+def fpn_shapes(model: GeneralizedRCNN, num_classes: int) -> Shapes:
     """The FPN levels' shapes of a detector's backbone on a blank 64x64 image (the channels
     are what methods size their modules by; the sizes follow the images)."""
     was_training = model.training
@@ -89,6 +99,8 @@ class Detection(Task):
     score = "box_AP"
     fixed_shapes = False  # images of varying sizes, a varying number of RoIs per batch
 
+    cfg: DetConfig
+
     def __init__(self, cfg: DetConfig, runtime: Runtime) -> None:
         self.cfg, self.runtime = cfg, runtime
         d = cfg.data
@@ -107,7 +119,7 @@ class Detection(Task):
         self.val = val_loader(self.val_set, d.test_batch_size, d.num_workers)
         self.distiller = build_distiller(cfg, self.train_set.num_classes, len(self.train_set))
 
-    def _prepare(self, batch: tuple[list, list, torch.Tensor]) -> MicroBatch:
+    def _prepare(self, batch: tuple[list[torch.Tensor], list[Target], torch.Tensor]) -> MicroBatch:
         images, targets, index = batch
         device = self.runtime.device
         images = [im.to(device, non_blocking=True) for im in images]

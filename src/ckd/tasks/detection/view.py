@@ -52,12 +52,12 @@ def capture(model: GeneralizedRCNN) -> Iterator[Capture]:
     heads = model.roi_heads
     select = heads.select_training_samples
 
-    def select_and_keep(proposals, targets):
+    def select_and_keep(proposals: list[torch.Tensor], targets: list[dict[str, Any]]) -> Any:
         out = select(proposals, targets)
         cap.proposals, cap.labels = out[0], torch.cat(out[2])
         return out
 
-    def keep_logits(module, args, output):
+    def keep_logits(module: torch.nn.Module, args: Any, output: Any) -> None:
         if not hasattr(cap, "class_logits"):  # the box predictor runs once per training forward
             cap.class_logits = output[0]
 
@@ -88,12 +88,15 @@ def renormalize(
 ) -> torch.Tensor:
     """The batch ``[N, 3, H, W]`` normalised with ``(mean_to, std_to)`` instead of
     ``(mean_from, std_from)``; the padding beyond each ``images.image_sizes`` entry stays 0."""
-    x = images.tensors
+    x: torch.Tensor = images.tensors
     if list(mean_from) == list(mean_to) and list(std_from) == list(std_to):
         return x
-    f = dict(dtype=x.dtype, device=x.device)
-    m0, s0 = torch.tensor(mean_from, **f)[:, None, None], torch.tensor(std_from, **f)[:, None, None]
-    m1, s1 = torch.tensor(mean_to, **f)[:, None, None], torch.tensor(std_to, **f)[:, None, None]
+
+    def column(values: list[float]) -> torch.Tensor:  # [3, 1, 1]
+        return torch.tensor(values, dtype=x.dtype, device=x.device)[:, None, None]
+
+    m0, s0 = column(mean_from), column(std_from)
+    m1, s1 = column(mean_to), column(std_to)
     out = (x * s0 + m0 - m1) / s1
     for i, (h, w) in enumerate(images.image_sizes):
         out[i, :, h:, :] = 0
@@ -111,7 +114,8 @@ def roi_logits(
     FPN ``features``."""
     heads = model.roi_heads
     x = heads.box_head(heads.box_roi_pool(features, proposals, image_sizes))
-    return heads.box_predictor(x)[0]
+    logits: torch.Tensor = heads.box_predictor(x)[0]
+    return logits
 
 
 def fpn_levels(features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
