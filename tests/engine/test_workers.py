@@ -75,22 +75,27 @@ def test_each_samples_draws_are_its_own_and_leave_the_main_stream_alone():
         def __getitem__(self, i):
             return torch.rand(1), i
 
+    def draws(epoch: int) -> dict[int, float]:
+        """Sample index -> its draw, over the epoch's batches."""
+        out = {}
+        for step in loader.epoch(epoch):
+            for values, _, index in step:
+                out |= {int(i): float(v) for v, i in zip(values, index, strict=True)}
+        return out
+
     loader = StandardLoader(Draws(), 4, 0, seed=5, prepare=lambda b: b)
     assert loader.resumes_anywhere  # nothing random outside (seed, epoch, index)
     torch.manual_seed(1)
-    got = {int(i): float(x) for b in loader.epoch(0) for x, _, i in b for x, i in zip(x, i)}
+    got = draws(0)
     after = torch.rand(1)
     torch.manual_seed(1)
     assert torch.equal(after, torch.rand(1))  # the main process's stream went on untouched
-    again = {int(i): float(x) for b in loader.epoch(0) for x, _, i in b for x, i in zip(x, i)}
-    assert got == again and len(set(got.values())) == 8
-    other = {int(i): float(x) for b in loader.epoch(1) for x, _, i in b for x, i in zip(x, i)}
+    assert draws(0) == got and len(set(got.values())) == 8
+    other = draws(1)
     assert all(other[i] != got[i] for i in got)  # another epoch, other draws
 
 
-def test_a_killed_run_with_live_workers_frees_its_folder_at_once(
-    fake_fmnist, no_workers, tmp_path
-):
+def test_a_killed_run_with_live_workers_frees_its_folder_at_once(fake_fmnist, no_workers, tmp_path):
     cfg = tmp_path / "c.yaml"
     out = tmp_path / "run"
     cfg.write_text(yaml.safe_dump(config(fake_fmnist, out, 2)))
