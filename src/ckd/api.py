@@ -194,7 +194,7 @@ def evaluate(
             device=device,
             amp=amp,
         )
-    return {**metrics, "test_set": found.test_set}
+    return {**metrics, "test_set": in_api_terms(found.test_set)}
 
 
 def build_cache(
@@ -256,18 +256,23 @@ API_TERMS = {
 _OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 
 
+def in_api_terms(text: str) -> str:
+    """``text`` with the command line's options named as this API spells them (``--resume``
+    -> ``resume=True``); a command quoted in backticks stays as it is."""
+    parts = re.split(r"(`[^`]*`)", text)
+    for i in range(0, len(parts), 2):  # outside the backticks
+        parts[i] = _OPTION.sub(lambda m: API_TERMS.get(m[0], m[0]), parts[i])
+    return "".join(parts)
+
+
 @contextlib.contextmanager
 def _in_api_terms() -> Iterator[None]:
-    """A bad-input error raised in the block names options as this API spells them
-    (``--resume`` -> ``resume=True``); a command quoted in backticks stays as it is."""
+    """A bad-input error raised in the block says :func:`in_api_terms` what it said."""
     try:
         yield
     except USER_ERRORS as e:
         if len(e.args) == 1 and isinstance(e.args[0], str):
-            parts = re.split(r"(`[^`]*`)", e.args[0])
-            for i in range(0, len(parts), 2):  # outside the backticks
-                parts[i] = _OPTION.sub(lambda m: API_TERMS.get(m[0], m[0]), parts[i])
-            e.args = ("".join(parts),)
+            e.args = (in_api_terms(e.args[0]),)
         raise
 
 

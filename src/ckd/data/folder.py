@@ -240,14 +240,15 @@ class FolderScan:
 
 
 def _clash(owner: tuple[str, str, str], held: tuple[str, str, str], real: str) -> str:
-    what = (
-        f"class {held[1]}'s"
-        if held[0] == owner[0]
-        else f"the {held[0]} split's (a test image must not be a training image)"
-    )
+    """The message for ``real`` reached by ``owner`` (split, class, path) and, before, by
+    ``held``, of another class or split."""
+    if held[0] == owner[0]:
+        who, why = f"class {held[1]}", "an image belongs to one class"
+    else:
+        who, why = f"the {held[0]} split", "a test image must not be a training image"
     return (
-        f"{NAME}: {show_path(owner[2])} leads to {show_path(real)}, which is {what} through "
-        f"{show_path(held[2])}; {LINK_RULE}"
+        f"{NAME}: {show_path(owner[2])} leads to {show_path(real)}, which {who} reaches too "
+        f"(through {show_path(held[2])}): {why}; {LINK_RULE}"
     )
 
 

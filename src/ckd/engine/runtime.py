@@ -31,9 +31,9 @@ def pick_device(name: str, key: str = "run.device") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(
-            f"{key}: unknown device {show(name)}; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{key}: unknown device {show(name)}; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}: {name!r} requested but CUDA is not available")

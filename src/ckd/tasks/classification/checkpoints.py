@@ -169,7 +169,7 @@ def eval_precision(
         else:
             mode, why = "none", "the checkpoint saves no run.amp"
     else:
-        mode, why = amp, f"--amp {amp}"
+        mode, why = amp, "as asked"
     dtype = amp_dtype(mode, device)
     name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     return dtype, f"{name} ({why})"
@@ -243,7 +243,8 @@ def _dataset_info(ckpt: dict[str, Any], path: Path) -> DatasetInfo:
                 f"{show_path(path)}: its dataset entry is damaged ({one_line(e, 200)})"
             ) from None
     _, _, data = saved_sections(ckpt, path)
-    spec = resolve_dataset(saved_data_config(data, data.get("name", DataConfig.name), None))
+    root = data.get("root") if isinstance(data.get("root"), str) else None  # a folder's
+    spec = resolve_dataset(saved_data_config(data, data.get("name", DataConfig.name), root))
     assert spec.info is not None
     return spec.info
 
