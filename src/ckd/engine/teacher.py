@@ -137,7 +137,8 @@ def build_teacher_cache(
 ) -> str:
     """``ckd cache build``: build (or find up to date) the teacher cache ``run.teacher_cache``
     of the run ``cfg`` describes (its fast loader's views of every epoch); ``force``: replace a
-    cache (or a partial build of one) that is there. Returns the line that says what was done."""
+    cache ckd made that is there (:func:`~ckd.engine.cache.cache_folder_problem`). Returns
+    the line that says what was done."""
     if cfg.run.teacher_cache is None:
         raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
     folder = output_path(cfg.run.teacher_cache, "run.teacher_cache")  # before any work
