@@ -468,7 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("--val-per-class", type=int, default=100, help="val images per class")
     mf.add_argument("--seed", type=int, default=0, help="seed of the sample")
     mf.add_argument("--source", default=None, help="folder of the Fashion-MNIST IDX files")
-    mf.add_argument("--force", action="store_true", help="replace an existing --out")
+    mf.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an --out this command wrote, as it wrote it (never a file of yours)",
+    )
     mf.set_defaults(func=_cmd_make_folder)
 
     fw = sub.add_parser(
@@ -486,7 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--out", default=None, help="output file (default: the checkpoint's, e.g. last.onnx)"
     )
-    ex.add_argument("--force", action="store_true", help="replace existing output files")
+    ex.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an output this command wrote (never the checkpoint, nor a file of yours)",
+    )
     ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
@@ -496,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="the cache folder (default: run.teacher_cache)")
     c.add_argument("--features", action="store_true", help="also the teacher's features")
     c.add_argument(
-        "--force", action="store_true", help="replace the teacher cache that is in the folder"
+        "--force", action="store_true", help="replace a teacher cache ckd made in the folder"
     )
     c.set_defaults(func=_cmd_cache)
     return p
