@@ -100,9 +100,9 @@ def _remove(path: Path, files: dict[str, Any]) -> None:
     for rel in files:
         (path / rel).unlink(missing_ok=True)
     folders = {p for rel in files for p in Path(rel).parents if str(p) != "."}
-    for rel in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        if (path / rel).is_dir():
-            (path / rel).rmdir()
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if (path / folder).is_dir():
+            (path / folder).rmdir()
     (path / MARKER).unlink()
     path.rmdir()
 
@@ -167,7 +167,11 @@ def make_fashion_mnist_folder(
     shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier run's (its marker, above)
     try:
         tmp.mkdir(parents=True)
-        marker = {"by": WRITER, "files": None, "note": "--force may replace this folder"}
+        marker: dict[str, Any] = {
+            "by": WRITER,
+            "files": None,
+            "note": "--force may replace this folder",
+        }
         (tmp / MARKER).write_text(json.dumps(marker) + "\n")  # first: the folder is ours
         written: dict[str, str] = {}
         for split, (images, _, chosen) in splits.items():

@@ -211,10 +211,8 @@ class Runtime:
         return ", ".join(parts)
 
     def _precision(self) -> str:
-        name = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(
-            self.amp,  # type: ignore[arg-type]
-            "fp32",
-        )
+        names = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        name = "fp32" if self.amp is None else names.get(self.amp, str(self.amp))
         if self.amp_setting != "auto":
             return f"{name} (run.amp={self.amp_setting})"
         where = "GPU" if self.device.type == "cuda" else self.device.type.upper()

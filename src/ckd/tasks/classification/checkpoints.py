@@ -27,7 +27,7 @@ from ckd.tasks.classification.models import build_model
 
 def saved_sections(
     ckpt: dict[str, Any], path: Path, foreign: bool = False
-) -> tuple[dict, dict, dict]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The checkpoint's saved ``config`` and its ``student`` and ``data`` sections, each a
     mapping (empty when absent: a foreign file). ``foreign``: the caller named the model and
     the dataset, so a ``config`` entry that is not ours is ignored.
@@ -128,7 +128,8 @@ def checkpoint_model(
     net = build_model(model_cfg, spec.info)
     split = spec.build(root, False, False, False)
     test, test_set = _test_set(split, test_subset, full_test, same_data, saved)
-    run_amp = (saved.get("run") or {}).get("amp") if isinstance(saved.get("run"), dict) else None
+    run_section = saved.get("run")
+    run_amp = run_section.get("amp") if isinstance(run_section, dict) else None
     return CheckpointData(net, model_name, data_name, test, test_set, run_amp)
 
 
@@ -143,8 +144,8 @@ def _test_set(
     run_subset = (saved.get("data") or {}).get("test_subset")
     if full or not same_data or run_subset is None or run_subset >= size:
         return split, f"the whole split, {size} images"
-    run = saved.get("run") if isinstance(saved.get("run"), dict) else {}
-    seed = run.get("seed", 0)
+    run = saved.get("run")
+    seed = run.get("seed", 0) if isinstance(run, dict) else 0
     chosen = subset(split, run_subset, seed=seed)
     return chosen, (
         f"the run's test subset, {len(chosen)} of {size} images, seed {seed}; --full-test for all"
@@ -260,8 +261,8 @@ def load_student(source: str | Path) -> Student:
         ckpt = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - not a checkpoint, or weights_only refuses it
         raise ConfigError(f"{path}: cannot be read as a checkpoint: {one_line(e)}") from None
-    config, student, _ = saved_sections(ckpt, path)
-    task = ckpt.get("task") or config.get("task") or "classification"
+    saved, student, _ = saved_sections(ckpt, path)
+    task = ckpt.get("task") or saved.get("task") or "classification"
     if task != "classification":
         raise ConfigError(
             f"{path} is a {show(task, 60)} run; ckd export writes classification students"
