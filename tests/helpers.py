@@ -1,11 +1,14 @@
 """Helpers several test modules share (no test module imports another): the command line's
-one-line refusals, a torchrun-like launch of processes, and random-weight models saved as
-teacher files."""
+one-line refusals, a torchrun-like launch of processes, ``ckd`` commands in processes forked
+from a server (:class:`Forks`), and random-weight models saved as teacher files."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -56,6 +59,74 @@ def _entry(rank: int, fn, world: int, port: int, args) -> None:
         fn(rank, *args)
     finally:
         shutdown()
+
+
+# --------------------------------------------------------------------------- forked commands
+
+SERVER = r"""
+import json, os, sys, traceback
+import ckd.cli, ckd.config, ckd.engine, ckd.tasks.classification  # what every run imports
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.environ.update(job["env"])
+            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(job["cwd"])
+            exec(job["prelude"])
+            code = ckd.cli.main(job["argv"])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+"""
+
+
+class Forks:
+    """Runs ``ckd`` commands in processes forked from a server that imported ckd once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.count = folder, 0
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+        env.pop("CKD_FAULT", None)
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=folder,
+        )
+
+    def run(
+        self, *argv: str, fault: str | None = None, sig: str | None = None, prelude: str = ""
+    ) -> tuple[int, str]:
+        """``ckd ARGV`` in a fresh process: (exit code, negative for a signal; its output)."""
+        self.count += 1
+        log = self.folder / f"run{self.count}.log"
+        env = {"CKD_FAULT": fault or "", "CKD_FAULT_SIGNAL": sig or "KILL"}
+        job = {"argv": list(argv), "env": env, "log": str(log), "cwd": str(self.folder)}
+        job["prelude"] = prelude
+        assert self.server.stdin is not None and self.server.stdout is not None
+        self.server.stdin.write(json.dumps(job) + "\n")
+        self.server.stdin.flush()
+        code = json.loads(self.server.stdout.readline())
+        return code, log.read_text()
+
+    def close(self) -> None:
+        assert self.server.stdin is not None
+        self.server.stdin.close()
+        self.server.wait(timeout=60)
 
 
 # --------------------------------------------------------------------------- training runs

@@ -117,14 +117,20 @@ def test_cache_force_replaces_a_cache_or_a_partial_build(tmp_path, cache_config,
     assert main(build) == 0 and "up to date" in capsys.readouterr().out
     (out / "feat7.npy").write_bytes(b"old")  # a file of an older build with features
     assert main([*build, "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["logits.npy", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".ckd-teacher-cache",
+        "logits.npy",
+        "manifest.json",
+    ]
     assert open_cache(out, json.loads((out / "manifest.json").read_text()), 3) is not None
-    partial = tmp_path / "partial"  # array files without a manifest: an interrupted build
+    partial = tmp_path / "partial"  # array files beside ckd's mark: a build ckd made
     partial.mkdir()
+    (partial / ".ckd-teacher-cache").write_text("")
     (partial / "logits.npy").write_bytes(b"half")
     (partial / "feat0.npy").write_bytes(b"half")
     assert main(["cache", "build", str(cache_config), "--out", str(partial), "--force"]) == 0
-    assert (partial / "manifest.json").is_file() and sorted(p.name for p in partial.iterdir()) == [
+    assert sorted(p.name for p in partial.iterdir()) == [
+        ".ckd-teacher-cache",
         "logits.npy",
         "manifest.json",
     ]

@@ -26,12 +26,14 @@ _LAZY = {
     "dkd_loss": "ckd.losses",
     "kd_loss": "ckd.losses",
     "Run": "ckd.api",
+    "build_cache": "ckd.api",
     "evaluate": "ckd.api",
     "load_student": "ckd.api",
     "train": "ckd.api",
 }
 __all__ = [
     "Run",
+    "build_cache",
     "ckd_loss",
     "dkd_loss",
     "evaluate",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ckd.api import Run, evaluate, load_student, train
+    from ckd.api import Run, build_cache, evaluate, load_student, train
     from ckd.losses import ckd_loss, dkd_loss, kd_loss
 
 

@@ -36,20 +36,43 @@ def _say(msg: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    if args.print_config:  # a dry run: the resolved config, then the check of its files
+    if args.print_config:  # a dry run: the resolved config, then notes on its files
         import ckd.tasks  # noqa: F401  (deferred, as every import here: `ckd --help` stays fast)
         from ckd.config import check_files, config_yaml, load_train_config
 
         cfg = load_train_config(args.config, args.overrides, files=False)
         print(config_yaml(cfg), end="", flush=True)
-        check_files(cfg, data=True)  # missing data or teacher: the one-line error, exit 2
+        try:
+            check_files(cfg, data=True)
+        except USER_ERRORS as e:  # what a run would need first: a note, not a failure
+            print(f"ckd: note: {_with_hint(one_line(e))} (a run would stop here)", file=sys.stderr)
         return 0
-    from ckd.api import train  # deferred: start-up
+    from ckd.api import run_train  # deferred: start-up
 
-    run = train(args.config, args.overrides, resume=args.resume, stop_after=args.stop_after)
+    try:
+        run = run_train(
+            args.config, args.overrides, resume=args.resume, stop_after=args.stop_after, echo=_say
+        )
+    except ConfigError as e:
+        e.args = (_with_hint(one_line(e)),)
+        raise
     if args.json and run.main:
         print(json.dumps(run.result))
     return 0
+
+
+#: Where ``ckd demo`` (``make demo``) writes its teacher, for the hint of :func:`_with_hint`.
+DEMO_TEACHER = Path("runs/demo/teacher/last.pt")
+
+
+def _with_hint(line: str) -> str:
+    """A missing ``teacher.checkpoint``'s line, with the demo's teacher named when it is here
+    (the shipped Fashion-MNIST configs name ``ckd train fashion_mnist/teacher``'s run)."""
+    if line.startswith("teacher.checkpoint:") and "does not exist" in line:
+        if DEMO_TEACHER.is_file():
+            return f"{line}; `make demo` trained one: add teacher.checkpoint={DEMO_TEACHER}"
+        return f"{line}; train the teacher first, or give teacher.checkpoint=FILE"
+    return line
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -68,7 +91,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(
         f"{args.checkpoint}: {found.model_name} on {found.data_name} test ({found.test_set}): "
-        f"top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  loss {res['loss']:.4f}"
+        f"top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  loss {res['loss']:.4f}  "
+        f"precision {res['precision']}"
     )
     if args.json:
         print(
@@ -235,15 +259,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
         print(describe(args.config))
         return 0
-    from ckd.api import build_cache  # deferred: start-up
+    from ckd.api import run_cache_build  # deferred: start-up
 
-    line = build_cache(
-        args.config,
-        args.overrides,
-        out=args.out,
-        features=args.features,
-        force=args.force,
-        echo=_say,
+    line = run_cache_build(
+        args.config, args.overrides, args.out, args.features, args.force, echo=_say
     )
     print(line)
     return 0
@@ -283,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config",
         action="store_true",
         help="a dry run: check the config and print it resolved, as YAML (the run's "
-        "config.yaml); write nothing",
+        "config.yaml), with a note on a missing file (data, teacher); write nothing",
     )
     t.set_defaults(func=_cmd_train)
 
@@ -305,7 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--subset", type=int, default=None, help="a class-balanced subset of N test images"
     )
     e.add_argument("--device", default="auto")
-    e.add_argument("--amp", default="none", choices=["auto", "none", "bf16", "fp16"])
+    e.add_argument(
+        "--amp",
+        default=None,
+        choices=["auto", "none", "bf16", "fp16"],
+        help="precision (default: the run's own run.amp on this machine, as the run evaluated "
+        "itself; none for a foreign file)",
+    )
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
@@ -443,7 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("--val-per-class", type=int, default=100, help="val images per class")
     mf.add_argument("--seed", type=int, default=0, help="seed of the sample")
     mf.add_argument("--source", default=None, help="folder of the Fashion-MNIST IDX files")
-    mf.add_argument("--force", action="store_true", help="replace an existing --out")
+    mf.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an --out this command wrote, as it wrote it (never a file of yours)",
+    )
     mf.set_defaults(func=_cmd_make_folder)
 
     fw = sub.add_parser(
@@ -461,7 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--out", default=None, help="output file (default: the checkpoint's, e.g. last.onnx)"
     )
-    ex.add_argument("--force", action="store_true", help="replace existing output files")
+    ex.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an output this command wrote (never the checkpoint, nor a file of yours)",
+    )
     ex.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("cache", help="teacher-output cache: build one, or describe one")
@@ -471,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None, help="the cache folder (default: run.teacher_cache)")
     c.add_argument("--features", action="store_true", help="also the teacher's features")
     c.add_argument(
-        "--force", action="store_true", help="replace the teacher cache that is in the folder"
+        "--force", action="store_true", help="replace a teacher cache ckd made in the folder"
     )
     c.set_defaults(func=_cmd_cache)
     return p
@@ -516,10 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ckd: {one_line(e)}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
-        print(
-            "ckd: interrupted; the last checkpoint is kept (continue with --resume)",
-            file=sys.stderr,
-        )
+        print("ckd: interrupted", file=sys.stderr)  # what is kept: said where it is known
         return 130
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from ckd.errors import ConfigError, show
+from ckd.paths import read_small_file
 from ckd.safe_yaml import describe_yaml_error, load_yaml
 
 #: The configs shipped with the package (``configs/`` at the repository root links here).
@@ -62,15 +63,14 @@ MAX_BASES = 32
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's mapping, its ``_base_`` files merged under it (see :mod:`ckd.safe_yaml`
-    for what is refused)."""
+    for what is refused). Each file must be a regular file of at most
+    :data:`~ckd.paths.MAX_CONFIG_BYTES`, checked before it is read (``/dev/zero`` or a FIFO as a
+    ``_base_`` is one line, not a hang or all the memory)."""
     if path in seen:
         raise ConfigError(f"{path}: _base_ cycle")
     if len(seen) >= MAX_BASES:
         raise ConfigError(f"{path}: more than {MAX_BASES} _base_ files in a chain")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    raw = read_small_file(path, "config")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -88,6 +88,13 @@ def show(value: Any, limit: int = SHOW_LIMIT) -> str:
     return cut(text, limit)
 
 
+def show_path(path: Any, limit: int = SHOW_LIMIT) -> str:
+    """A path for a message: as it is when printable, else quoted with its control characters
+    escaped (a file name holding a newline stays on the message's one line), cut to ``limit``."""
+    text = str(path)
+    return cut(text if text.isprintable() else repr(text), limit)
+
+
 def cut(text: str, limit: int = SHOW_LIMIT) -> str:
     """``text`` itself when it has at most ``limit`` characters, else its start and its length."""
     return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text)} characters)"

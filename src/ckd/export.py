@@ -20,12 +20,18 @@ difference is printed. A failed check removes what was written.
 
 Beside the model, ``<out>.json`` says what the model expects and gives: the input's shape,
 dtype, channel order, pixel range and normalisation, the test-time preprocessing of the
-images, the classes, and the check's result.
+images, the classes, the check's result and the sha256 of the model file.
+
+What ``--force`` may replace: an output this command wrote, i.e. a file whose sidecar is there
+and records its name and its bytes' sha256 (and such a sidecar). Never the checkpoint being
+exported, nor any other file (a run's ``last.pt``, a file a user put there, a link), whatever
+``--force`` says; ``--out`` names a file, not a folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import warnings
@@ -40,7 +46,8 @@ from torch import Tensor, nn
 import ckd.tasks  # noqa: F401  (registers the tasks and their config schemas)
 from ckd.data import DatasetInfo
 from ckd.data.folder import SMALL_MAX
-from ckd.errors import ConfigError, one_line
+from ckd.errors import ConfigError, one_line, show_path
+from ckd.paths import output_path
 from ckd.tasks.classification import ModelConfig, Student, build_model, load_student
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
@@ -63,6 +70,82 @@ def default_out(checkpoint: Path, fmt: str) -> Path:
 
 def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _our_sidecar(side: Path, name: str) -> dict[str, Any] | None:
+    """The sidecar at ``side`` when it is one this command wrote for a model file ``name``."""
+    if side.is_symlink() or not side.is_file() or side.stat().st_size > 1 << 20:
+        return None
+    try:
+        meta = json.loads(side.read_bytes())
+    except (OSError, ValueError):
+        return None
+    ours = (
+        isinstance(meta, dict)
+        and meta.get("format") in FORMATS
+        and meta.get("file") == name
+        and isinstance(meta.get("sha256"), str)
+    )
+    return meta if ours else None
+
+
+def made_by_export(target: Path) -> bool:
+    """Whether ``target`` (a model file, or only its sidecar) is an output of this command:
+    its sidecar records the file's name and the sha256 of its bytes (a sidecar whose model
+    file is gone is this command's too)."""
+    meta = _our_sidecar(sidecar_path(target), target.name)
+    if meta is None:
+        return False
+    if not os.path.lexists(target):
+        return True
+    return not target.is_symlink() and target.is_file() and _sha256(target) == meta["sha256"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them is not there (or a dangling link)
+        return False
+
+
+def check_target(target: Path, source: Path, force: bool, fmt: str) -> None:
+    """Refuse an output ``target`` that is the checkpoint ``source``, a folder, or (with its
+    sidecar) a file that exists: without ``force`` any such file, with it any file this command
+    did not write (:func:`made_by_export`)."""
+    if target.is_dir():
+        raise ConfigError(
+            f"--out {show_path(target)} is a folder; give the file to write, e.g. "
+            f"{show_path(target / default_out(source, fmt).name)}"
+        )
+    if not target.parent.is_dir():
+        raise ConfigError(f"--out {show_path(target)}: folder {target.parent} does not exist")
+    side = sidecar_path(target)
+    if _same_file(target, source):
+        raise ConfigError(
+            f"--out {show_path(target)} is the checkpoint being exported; export never writes "
+            "over its source: give another --out"
+        )
+    existing = [p for p in (target, side) if os.path.lexists(p)]
+    if not existing:
+        return
+    if not force:
+        raise ConfigError(
+            f"{existing[0]} already exists; give another --out, or --force to replace it"
+        )
+    if not made_by_export(target):
+        raise ConfigError(
+            f"--force: {show_path(existing[0])} was not written by ckd export (no sidecar "
+            f"{side.name} recording its bytes); --force replaces only export's own files, so "
+            "nothing was overwritten: give another --out"
+        )
 
 
 def _preprocess(info: DatasetInfo) -> str:
@@ -243,14 +326,11 @@ def export(
         raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     _require_runtime(fmt)
     student = load_student(source)
-    target = Path(out) if out is not None else default_out(student.checkpoint, fmt)
+    target = output_path(out, "--out") if out is not None else default_out(student.checkpoint, fmt)
+    check_target(target, student.checkpoint, force, fmt)
     side = sidecar_path(target)
-    for p in (target, side):
-        if p.exists() and not force:
-            raise ConfigError(f"{p} already exists; give another --out, or --force to replace it")
-    if not target.parent.is_dir():
-        raise ConfigError(f"--out {target}: folder {target.parent} does not exist")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp{FORMATS[fmt]}")
+    side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
     try:
         try:
             exported = WRITERS[fmt](student, tmp)
@@ -266,8 +346,12 @@ def export(
                 f"{check['max_abs_diff']:.3g} (tolerance {check['tolerance']:.3g}); nothing written"
             )
         meta = describe(student, fmt, target, check)
+        meta["sha256"] = _sha256(tmp)
+        side_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        check_target(target, student.checkpoint, force, fmt)  # again: nothing changed meanwhile
         os.replace(tmp, target)
-        side.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(side_tmp, side)
         return target, meta
     finally:
         tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)

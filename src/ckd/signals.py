@@ -3,7 +3,8 @@
 Outside a training loop, :func:`terminate_as_interrupt` makes SIGTERM (what Slurm, Kubernetes
 and ``kill`` send) raise :class:`~ckd.errors.Interrupted` wherever the process is, as SIGINT
 raises KeyboardInterrupt: the stack unwinds (temporary files go, a run folder this process made
-and never used is removed) and the command line prints one line. Inside it,
+and never used is removed) and the command line prints one line, ``stopped by SIGTERM``; only
+code that knows what is left (the trainer: a run to continue, or nothing) adds advice. Inside it,
 :class:`StopRequests` only records the signal, so the loop stops at the next step boundary and
 leaves a resumable checkpoint; a second signal stops at once.
 """
@@ -31,9 +32,7 @@ def _in_main_thread() -> bool:
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(
-        signum, f"stopped by {name(signum)}; the last checkpoint is kept (continue with --resume)"
-    )
+    raise Interrupted(signum, f"stopped by {name(signum)}")
 
 
 @contextlib.contextmanager

@@ -298,7 +298,7 @@ def test_make_folder_writes_the_layout_and_refuses_to_overwrite(tmp_path, fake_f
     (mine / "train").mkdir(parents=True)
     (mine / "thesis.tex").write_text("mine")
     assert main(["make-folder", "--out", str(mine), "--source", str(fake_fmnist), "--force"]) == 2
-    assert "not written by ckd make-folder" in capsys.readouterr().err
+    assert "replaces only a folder ckd make-folder wrote" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex", "train"]
     assert main(["make-folder", "--out", str(tmp_path / "x"), "--val-per-class", "0"]) == 2
     assert not (tmp_path / "x").exists()

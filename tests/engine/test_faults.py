@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,71 +36,7 @@ from ckd.engine.window import Window
 from ckd.errors import ConfigError, DataError
 from ckd.models import create_model
 from tests.conftest import tiny_config
-
-SERVER = r"""
-import json, os, sys, traceback
-import ckd.cli, ckd.config, ckd.engine, ckd.tasks.classification  # what every run imports
-for line in sys.stdin:
-    job = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            os.environ.update(job["env"])
-            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.chdir(job["cwd"])
-            exec(job["prelude"])
-            code = ckd.cli.main(job["argv"])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
-"""
-
-
-class Forks:
-    """Runs ``ckd`` commands in processes forked from a server that imported ckd once."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.count = folder, 0
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-        env.pop("CKD_FAULT", None)
-        self.server = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=folder,
-        )
-
-    def run(
-        self, *argv: str, fault: str | None = None, sig: str | None = None, prelude: str = ""
-    ) -> tuple[int, str]:
-        """``ckd ARGV`` in a fresh process: (exit code, negative for a signal; its output)."""
-        self.count += 1
-        log = self.folder / f"run{self.count}.log"
-        env = {"CKD_FAULT": fault or "", "CKD_FAULT_SIGNAL": sig or "KILL"}
-        job = {"argv": list(argv), "env": env, "log": str(log), "cwd": str(self.folder)}
-        job["prelude"] = prelude
-        assert self.server.stdin is not None and self.server.stdout is not None
-        self.server.stdin.write(json.dumps(job) + "\n")
-        self.server.stdin.flush()
-        code = json.loads(self.server.stdout.readline())
-        return code, log.read_text()
-
-    def close(self) -> None:
-        assert self.server.stdin is not None
-        self.server.stdin.close()
-        self.server.wait(timeout=60)
+from tests.helpers import Forks
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +236,8 @@ def test_only_loaders_that_restart_exactly_take_a_checkpoint_mid_epoch():
 
     data = torch.utils.data.TensorDataset(torch.zeros(8, 1), torch.zeros(8))
     assert StandardLoader(data, 4, 0, 0, lambda b: b).resumes_anywhere
-    assert not StandardLoader(data, 4, 2, 0, lambda b: b).resumes_anywhere  # workers' RNG
+    # with workers too: each sample's draws come from (seed, epoch, index), not a worker's RNG
+    assert StandardLoader(data, 4, 2, 0, lambda b: b).resumes_anywhere
 
 
 # --- 3: one process per run folder and per suite folder -------------------------------------

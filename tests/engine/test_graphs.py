@@ -74,7 +74,9 @@ def test_a_bf16_cpu_trains_under_bf16_autocast_with_fp32_losses(monkeypatch, fak
     cfg = tiny_config(fake_fmnist, tmp_path / "run", data={"train_subset": 64}, optim={"epochs": 1})
     trainer = Trainer(config_from_dict(cfg), echo=quiet)
     assert trainer.runtime.amp is torch.bfloat16
-    assert trainer.runtime.describe().startswith("bfloat16")
+    assert trainer.runtime.describe().startswith(
+        "precision bf16 autocast (run.amp=auto: this CPU computes bf16 natively), memory format "
+    )
     seen = []
     student = trainer.distiller.student
     student.register_forward_hook(lambda m, i, o: seen.append(o.dtype))

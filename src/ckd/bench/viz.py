@@ -126,10 +126,10 @@ def plot_command(
     what it says."""
     from torch.utils.data import DataLoader
 
-    dev = pick_device(device)
+    dev = pick_device(device, "--device")
 
     def outputs(path: str, name: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, str]:
-        net, model_name, data_name, test, _ = checkpoint_model(
+        net, model_name, data_name, test, *_ = checkpoint_model(
             path, name, data, data_root, full_test=True
         )
         loader = DataLoader(test, batch_size=batch_size, num_workers=0)

@@ -53,7 +53,7 @@ from torchvision import transforms as T
 from ckd.data.base import DATASETS, DataNotFoundError, DatasetInfo, DatasetOptions, DatasetSpec
 from ckd.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform
 from ckd.data.transforms import cifar_transform
-from ckd.errors import ConfigError, one_line, require, show
+from ckd.errors import ConfigError, DataError, one_line, require, show, show_path
 
 NAME = "folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -89,7 +89,7 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 def unreadable(path: str | Path, error: BaseException) -> ImageReadError:
     """The one-line error for an image PIL could not decode."""
-    return ImageReadError(f"{NAME}: cannot read image {path}: {one_line(error, 300)}")
+    return ImageReadError(f"{NAME}: cannot read image {show_path(path)}: {one_line(error, 300)}")
 
 
 def read_image(path: str | Path, mode: str) -> Image.Image:
@@ -114,36 +114,149 @@ def class_folders(split: Path) -> list[str]:
     return sorted(p.name for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan_split(split: Path, classes: Sequence[str]) -> tuple[list[str], list[int]]:
-    """``(paths, targets)`` of the images under ``split/<class>/`` (recursively, in sorted
-    order), for the class names ``classes`` (class ``i`` = ``classes[i]``).
+class FolderScan:
+    """The walk of a dataset's splits, under its rule for symbolic links (:data:`LINK_RULE`).
 
-    Raises:
-        DataNotFoundError: a class folder of ``split`` is not in ``classes``, or one of
-            ``split``'s class folders holds no image.
+    Every real folder is entered once, whichever path leads to it, so each real image is listed
+    once (the first path in sorted order that reaches it names it) and no walk can loop. A link
+    to a folder the link is inside of (``ln -s . x``, ``ln -s .. x``, ``ln -s / x``) is refused,
+    as is an image reached from two classes or from both splits (a training image in the test
+    set); a dangling link named like an image is refused too.
     """
-    index = {c: i for i, c in enumerate(classes)}
-    paths: list[str] = []
-    targets: list[int] = []
-    for name in class_folders(split):
-        if name not in index:
-            raise DataNotFoundError(
-                f"{NAME}: {split / name} is not a class of the training folder "
-                f"(its {len(classes)} classes: {', '.join(classes[:8])}"
-                f"{', ...' if len(classes) > 8 else ''})"
+
+    def __init__(self) -> None:
+        #: real folder -> (split, class, the path that led to it)
+        self.folders: dict[str, tuple[str, str, str]] = {}
+        #: real file reached through a link to a file -> (split, class, the link)
+        self.linked: dict[str, tuple[str, str, str]] = {}
+
+    def _claim(
+        self, table: dict[str, tuple[str, str, str]], real: str, owner: tuple[str, str, str]
+    ) -> bool:
+        """Record ``real`` for ``owner``: True the first time, False when the same class of the
+        same split reached it before; a clash with another class or split is a DataError."""
+        held = table.setdefault(real, owner)
+        if held is owner:
+            return True
+        if held[:2] == owner[:2]:
+            return False
+        raise DataError(_clash(owner, held, real))
+
+    def split(self, split: Path, classes: Sequence[str]) -> tuple[list[str], list[int]]:
+        """``(paths, targets)`` of the images under ``split/<class>/`` (recursively, each
+        folder's images in sorted order, then its sub-folders), class ``i`` = ``classes[i]``.
+
+        Raises:
+            DataNotFoundError: a class folder of ``split`` is not in ``classes``, or one holds
+                no image.
+            DataError: a link the rule refuses, or a folder that cannot be listed.
+        """
+        index = {c: i for i, c in enumerate(classes)}
+        paths: list[str] = []
+        targets: list[int] = []
+        for name in class_folders(split):
+            if name not in index:
+                raise DataNotFoundError(
+                    f"{NAME}: {show_path(split / name)} is not a class of the training folder "
+                    f"(its {len(classes)} classes: {', '.join(classes[:8])}"
+                    f"{', ...' if len(classes) > 8 else ''})"
+                )
+            if (split / name).is_symlink():
+                self._check_link(str(split / name), os.path.realpath(split))
+            found = self._walk(split / name, (split.name, name, ""))
+            if not found:
+                raise DataNotFoundError(
+                    f"{NAME}: class folder {show_path(split / name)} holds no image "
+                    f"({', '.join(IMAGE_EXTENSIONS)})"
+                )
+            paths += found
+            targets += [index[name]] * len(found)
+        return paths, targets
+
+    def _walk(self, top: Path, owner: tuple[str, str, str]) -> list[str]:
+        found: list[str] = []
+        stack = [str(top)]
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if not self._claim(self.folders, real, (*owner[:2], folder)):
+                continue  # reached before by this class: its images are listed already
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                raise DataError(f"{NAME}: cannot list {show_path(folder)} ({e.strerror})") from None
+            subfolders = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if entry.is_symlink():
+                        self._check_link(entry.path, real)
+                    subfolders.append(entry.path)
+                elif _is_image(entry.name):
+                    if entry.is_symlink():
+                        if not entry.is_file():
+                            raise DataError(
+                                f"{NAME}: {show_path(entry.path)} is a link to nothing "
+                                f"({show_path(os.readlink(entry.path))} does not exist)"
+                            )
+                        if not self._linked_file(entry.path, owner):
+                            continue
+                    elif self.linked:  # listed already through a link to it?
+                        me = os.path.join(real, entry.name)
+                        held = self.linked.get(me)
+                        if held is not None:
+                            if held[:2] != owner[:2]:
+                                raise DataError(_clash((*owner[:2], entry.path), held, me))
+                            continue
+                    found.append(entry.path)
+            stack += reversed(subfolders)
+        return found
+
+    @staticmethod
+    def _check_link(link: str, inside: str) -> None:
+        """Refuse a link (in real folder ``inside``) to a folder that holds it: a loop."""
+        target = os.path.realpath(link)
+        if inside == target or inside.startswith(target.rstrip(os.sep) + os.sep):
+            raise DataError(
+                f"{NAME}: {show_path(link)} is a link to {show_path(target)}, a folder it is "
+                f"inside of (a loop); {LINK_RULE}"
             )
-        found = []
-        for folder, dirs, files in os.walk(split / name, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += [os.path.join(folder, f) for f in sorted(files) if _is_image(f)]
-        if not found:
-            raise DataNotFoundError(
-                f"{NAME}: class folder {split / name} holds no image "
-                f"({', '.join(IMAGE_EXTENSIONS)})"
-            )
-        paths += found
-        targets += [index[name]] * len(found)
-    return paths, targets
+
+    def _linked_file(self, link: str, owner: tuple[str, str, str]) -> bool:
+        """Whether the image a link to a file leads to is new: False when this class listed
+        it already (or its folder, which lists it); a clash with another class or split is a
+        DataError."""
+        target = os.path.realpath(link)
+        mine = (*owner[:2], link)
+        held = self.folders.get(os.path.dirname(target))
+        name = os.path.basename(target)
+        if held is not None and _is_image(name):
+            if held[:2] != mine[:2]:
+                raise DataError(_clash(mine, held, target))
+            return False
+        return self._claim(self.linked, target, mine)
+
+
+def _clash(owner: tuple[str, str, str], held: tuple[str, str, str], real: str) -> str:
+    """The message for ``real`` reached by ``owner`` (split, class, path) and, before, by
+    ``held``, of another class or split."""
+    if held[0] == owner[0]:
+        who, why = f"class {held[1]}", "an image belongs to one class"
+    else:
+        who, why = f"the {held[0]} split", "a test image must not be a training image"
+    return (
+        f"{NAME}: {show_path(owner[2])} leads to {show_path(real)}, which {who} reaches too "
+        f"(through {show_path(held[2])}): {why}; {LINK_RULE}"
+    )
+
+
+#: The rule for symbolic links in a folder dataset, as error messages state it.
+LINK_RULE = (
+    "links are followed, each real folder and image counted once, but a link may not lead "
+    "into a folder that holds it, nor to images of another class or split"
+)
 
 
 def stratified_holdout(
@@ -331,14 +444,15 @@ def configure(root: str | None, o: FolderOptions) -> DatasetSpec:
     classes = class_folders(train_dir)
     if not classes:
         raise DataNotFoundError(f"{NAME}: {train_dir} has no class folders; expected {LAYOUT}")
-    paths, targets = scan_split(train_dir, classes)
+    scan = FolderScan()
+    paths, targets = scan.split(train_dir, classes)
     if val_dir.is_dir():
         if o.val_fraction is not None:
             raise ConfigError(
                 f"data.val_fraction={o.val_fraction}: {val_dir} exists and is the test split; "
                 "set data.val_fraction=null, or remove the folder to hold out a fraction of train"
             )
-        test_paths, test_targets = scan_split(val_dir, classes)
+        test_paths, test_targets = scan.split(val_dir, classes)
     elif o.val_fraction is not None:
         held = stratified_holdout(targets, o.val_fraction)
         keep = np.setdiff1d(np.arange(len(paths)), held)

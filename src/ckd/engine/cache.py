@@ -8,6 +8,7 @@ see exactly the teacher outputs a live teacher would give for the batch.
 
 A cache is a folder::
 
+    .ckd-teacher-cache   the mark of a folder ckd made (written first, before any data)
     manifest.json        what it was made for and how (see :func:`cache_identity`)
     logits.npy           float16 [epochs, N, K]                      (numpy memmap)
     feat0.npy ...        float16 [epochs, N, C_i, H_i, W_i]  optional stage features
@@ -30,8 +31,10 @@ A cache is built by ``ckd cache build CONFIG [overrides]`` or, for logits only, 
 run that names it in ``run.teacher_cache``. It is written into a temporary folder and renamed
 into place when complete, so an interrupted build leaves nothing that could be read back; the
 partial builds of killed processes are removed by the next run or build of that cache.
-``ckd cache build --force`` replaces a folder only when it holds nothing but a cache's files
-(:func:`cache_folder_problem`).
+``ckd cache build --force`` replaces a folder only when ckd marked it as a cache (its
+:data:`MARKER`, or the manifest of a cache of an earlier release) and it holds nothing but a
+cache's files (:func:`cache_folder_problem`): array files alone (a user's ``logits.npy``) are
+never taken for a cache.
 
 Why over 400 lines: one on-disk format is written, verified and read here (manifest, checksums, the
 build with the clean-up of partial builds, the reader the trainer and ``ckd cache`` share); split,
@@ -64,11 +67,14 @@ from ckd.errors import ConfigError, show
 from ckd.integrity import block_sha256
 from ckd.methods.base import Outputs
 from ckd.methods.views import run_network
+from ckd.paths import output_path
 from ckd.schema import flatten
 
 FORMAT = "ckd/teacher-cache/2"  # 2: per-epoch sha256 of every array
 FORMAT_FAMILY = "ckd/teacher-cache/"
 MANIFEST = "manifest.json"
+#: The file that marks a folder as a teacher cache ckd made; written before any data.
+MARKER = ".ckd-teacher-cache"
 #: Largest magnitude a float16 holds.
 FP16_MAX = 65504.0
 #: Verification tolerance: ``|cached - live| <= RTOL * |live| + ATOL * max|live|`` per batch.
@@ -338,13 +344,17 @@ def array_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 #: The files a cache folder holds (a partial build: some of them, without the manifest yet).
-CACHE_FILE = re.compile(r"manifest\.json|logits\.npy|embedding\.npy|feat\d+\.npy")
+CACHE_FILE = re.compile(
+    r"\.ckd-teacher-cache|manifest\.json|logits\.npy|embedding\.npy|feat\d+\.npy"
+)
 
 
-def cache_folder_problem(folder: str | Path) -> str | None:
+def cache_folder_problem(folder: str | Path, marked: bool = True) -> str | None:
     """None when ``folder`` may be replaced by ``ckd cache build --force``: a real folder
-    holding only a teacher cache's files (with a ckd cache manifest, or without one: a partial
-    build). Else what it is, for a one-line refusal."""
+    holding only a teacher cache's files, which ckd marked as its own (:data:`MARKER`, or a
+    ckd cache manifest of an earlier release). ``marked=False``: a build's own temporary
+    folder, whose name is its mark (:data:`BUILDING`). Else what it is, for a one-line
+    refusal."""
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return "is not a folder"
@@ -354,6 +364,7 @@ def cache_folder_problem(folder: str | Path) -> str | None:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         return f"holds {', '.join(show(n) for n in foreign[:3])}{more}, which no cache holds"
     manifest = folder / MANIFEST
+    ours = False
     if manifest.exists():
         try:
             fmt = json.loads(manifest.read_text()).get("format", "")
@@ -361,6 +372,13 @@ def cache_folder_problem(folder: str | Path) -> str | None:
             fmt = ""
         if not (isinstance(fmt, str) and fmt.startswith(FORMAT_FAMILY)):
             return f"has a {MANIFEST} that is not a ckd teacher cache's"
+        ours = True
+    if marked and not ours and not _plain_file(folder / MARKER):
+        names = ", ".join(sorted(p.name for p in entries)) or "nothing"
+        return (
+            f"holds {show(names, 80)} but no mark of a cache ckd made ({MARKER} or its "
+            f"{MANIFEST}): those files may be yours"
+        )
     return None
 
 
@@ -400,7 +418,7 @@ def remove_stale_builds(folder: str | Path) -> list[Path]:
         if not m or m["name"] != folder.name or m["host"] not in (None, socket.gethostname()):
             continue
         pid = int(m["pid"])
-        if pid == os.getpid() or pid_alive(pid) or cache_folder_problem(entry) is not None:
+        if pid == os.getpid() or pid_alive(pid) or cache_folder_problem(entry, False):
             continue
         with contextlib.suppress(OSError):  # another process may be removing it too
             remove_cache(entry)
@@ -429,7 +447,7 @@ def build_cache(
 ) -> TeacherCache:
     """Run ``teacher`` over every view of ``epochs`` epochs and write the cache to ``folder``
     (which must be absent or empty). Returns it opened."""
-    folder = Path(folder)
+    folder = output_path(folder, "run.teacher_cache")
     if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
         raise ConfigError(f"run.teacher_cache: {folder} exists and is not empty; name a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -444,9 +462,12 @@ def build_cache(
             f"{free / 2**30:.2f} GiB free there"
         )
     tmp = building_folder(folder)
-    if tmp.exists() and cache_folder_problem(tmp) is None:  # an earlier process of our pid
+    if tmp.exists() and cache_folder_problem(tmp, False) is None:  # an earlier process of our pid
         remove_cache(tmp)
     tmp.mkdir()
+    (tmp / MARKER).write_text(
+        "a teacher cache written by ckd; `ckd cache build --force` may replace it\n"
+    )
     start = time.perf_counter()
     checksums: dict[str, list[str]] = {}  # array -> sha256 of each epoch's block
     try:
@@ -512,7 +533,10 @@ def build_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     cache = open_cache(folder, identity, epochs)
-    assert cache is not None
+    if cache is None:  # the folder was emptied or removed by someone else meanwhile
+        raise ConfigError(
+            f"run.teacher_cache: {folder} was changed while it was built; build again"
+        )
     return cache
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import ckd.faults as faults
-from ckd.errors import CheckpointError, ConfigError
+from ckd.errors import CheckpointError, ConfigError, show, show_path
 from ckd.integrity import CHECKSUM_KEY, payload_sha256
 from ckd.models.weights import read_checkpoint
 
@@ -102,11 +102,21 @@ def find_checkpoint(source: str | os.PathLike[str]) -> Path:
     """A checkpoint file, or a run folder's ``last.pt`` (the last epoch: the one reported)."""
     p = Path(source)
     if p.is_dir():
-        if not (p / "last.pt").is_file():
-            raise ConfigError(f"{p} is a folder without last.pt; give a run folder or a checkpoint")
-        return p / "last.pt"
+        if (p / "last.pt").is_file():
+            return p / "last.pt"
+        if (p / "config.yaml").is_file():
+            raise ConfigError(
+                f"{show_path(p)} is a run folder without last.pt yet (a run writes it at the end "
+                "of its first epoch); give a finished run's folder or a checkpoint file"
+            )
+        raise ConfigError(
+            f"{show_path(p)} is a folder without last.pt, not a run folder; give a run folder "
+            "or a checkpoint file"
+        )
+    if os.path.lexists(p) and not p.is_file():
+        raise ConfigError(f"{show(str(p))} is not a regular file; give a checkpoint file")
     if not p.is_file():
-        raise ConfigError(f"{str(p)!r} does not exist; give a run folder or a checkpoint file")
+        raise ConfigError(f"{show(str(p))} does not exist; give a run folder or a checkpoint file")
     return p
 
 

@@ -2,6 +2,15 @@
 the process (or of the run). The OS drops it when the process ends, however it ends (``kill -9``
 included), so a stale lock never blocks anyone; the file records who holds it (pid, host, start
 time), which the refused process names. On systems without ``fcntl`` there is no lock.
+
+A ``flock`` belongs to the open file, which a forked child shares (DataLoader workers are
+forked): the lock would outlive a killed process for as long as its children live (seconds,
+until they notice). So a child closes its copy of every held lock's descriptor as soon as it is
+forked (``os.register_at_fork``), before it runs anything else, and the lock dies with the
+process that took it. (``O_CLOEXEC`` only helps a child that execs; POSIX record locks, which
+children do not inherit, are dropped when the process closes any descriptor of the file and do
+not exclude a second holder in the same process.) A child never unlocks: that would release the
+parent's lock.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import json
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 
 from ckd.errors import RunDirError
@@ -21,6 +31,24 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]  # no module on Windows
 
 LOCK_NAME = ".ckd.lock"
+
+#: The locks this process holds (their descriptors are closed in a forked child).
+_HELD: weakref.WeakSet[FolderLock] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: close the inherited descriptors of the parent's locks (closing, not
+    unlocking: the lock stays the parent's, and goes when the parent does)."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class FolderLock:
@@ -62,6 +90,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         self.fd = fd
+        _HELD.add(self)
 
     def release(self, remove: bool = False) -> None:
         """Let go of the lock (``remove``: delete the lock file first, still holding it)."""
@@ -70,6 +99,7 @@ class FolderLock:
         if remove:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+        _HELD.discard(self)
         os.close(self.fd)  # closing the last descriptor drops the flock
         self.fd = None
 

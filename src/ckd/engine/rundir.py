@@ -35,6 +35,7 @@ from ckd.config import config_from_dict
 from ckd.engine.checkpoint import FORMAT, load_for_resume, serialize, write_atomic
 from ckd.engine.lock import LOCK_NAME, FolderLock, pid_alive
 from ckd.errors import CheckpointError, ConfigError, RunDirError, show
+from ckd.paths import read_small_file
 from ckd.safe_yaml import describe_yaml_error, load_yaml
 from ckd.schema import flatten
 
@@ -83,11 +84,10 @@ def read_saved_config(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: one line, for a file that cannot be read, is damaged or holds no mapping.
     """
+    raw = read_small_file(path, "a run's config")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
         data = load_yaml(text, str(path))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text (damaged?)") from None
     except yaml.YAMLError as e:

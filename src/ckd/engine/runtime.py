@@ -21,25 +21,32 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ckd.config import RunConfig
 from ckd.engine.distributed import DistContext, check_split, init_distributed, main_only
-from ckd.errors import ConfigError
+from ckd.errors import ConfigError, show
 from ckd.methods.distiller import Distiller
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU. An unavailable device is a ConfigError."""
+def pick_device(name: str, key: str = "run.device") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU. An unknown or unavailable device is a
+    ConfigError naming the setting ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{key}: unknown device {show(name)}; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"run.device: {name!r} requested but CUDA is not available")
-        index = int(name.split(":")[1]) if ":" in name else 0
+            raise ConfigError(f"{key}: {name!r} requested but CUDA is not available")
+        index = device.index or 0
         if index >= torch.cuda.device_count():
             raise ConfigError(
-                f"run.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s)"
+                f"{key}: {name!r} but only {torch.cuda.device_count()} CUDA device(s)"
             )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("run.device: 'mps' requested but it is not available")
-    return torch.device(name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}: 'mps' requested but it is not available")
+    return device
 
 
 #: /proc/cpuinfo flags of x86 instructions that compute in bf16 natively: AVX512-BF16 (Intel
@@ -131,6 +138,8 @@ class Runtime:
     compile: bool | str  # run.compile: False, True, "teacher", "reduce-overhead"
     sync_bn: bool = False
     cuda_graphs: bool = False  # the training step captured as a CUDA graph (engine/graphs.py)
+    amp_setting: str = "none"  # run.amp as the config says it (the reason for ``amp``)
+    layout_setting: bool | str = False  # run.channels_last as the config says it
 
     @classmethod
     def start(
@@ -161,6 +170,8 @@ class Runtime:
             run.compile,
             run.sync_bn and ctx.distributed,
             graphs,
+            run.amp,
+            run.channels_last,
         )
 
     @property
@@ -188,9 +199,10 @@ class Runtime:
         return main_only(self.dist, echo)
 
     def describe(self) -> str:
-        """``bf16, channels_last, compiled, DDP gloo x 2`` and the like."""
-        parts = [str(self.amp).replace("torch.", "") if self.amp else "fp32"]
-        parts.append("channels_last" if self.channels_last else "contiguous")
+        """What the run computes in and why, e.g. ``precision bf16 autocast (run.amp=auto:
+        this CPU computes bf16 natively), memory format channels_last (run.channels_last=auto:
+        faster on cpu), compiled, DDP gloo x 2 process(es)``."""
+        parts = [f"precision {self._precision()}", f"memory format {self._layout()}"]
         compiled = {True: "compiled", "teacher": "teacher compiled"}
         compiled["reduce-overhead"] = "compiled (reduce-overhead: its CUDA graphs)"
         parts += [compiled[self.compile]] if self.compile in compiled else []
@@ -199,6 +211,27 @@ class Runtime:
             backend = torch.distributed.get_backend()
             parts.append(f"DDP {backend} x {self.dist.world_size} process(es)")
         return ", ".join(parts)
+
+    def _precision(self) -> str:
+        names = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        name = "fp32" if self.amp is None else names.get(self.amp, str(self.amp))
+        if self.amp_setting != "auto":
+            return f"{name} (run.amp={self.amp_setting})"
+        where = "GPU" if self.device.type == "cuda" else self.device.type.upper()
+        if self.amp is not None:
+            why = f"this {where} computes bf16 natively"
+        elif self.device.type in ("cuda", "cpu"):
+            why = f"this {where} has no native bf16"
+        else:
+            why = f"no autocast on {self.device.type}"
+        return f"{name} (run.amp=auto: {why})"
+
+    def _layout(self) -> str:
+        name = "channels_last" if self.channels_last else "contiguous (NCHW)"
+        if self.layout_setting == "auto":
+            why = f"{'faster' if self.channels_last else 'not faster'} on {self.device.type}"
+            return f"{name} (run.channels_last=auto: {why})"
+        return f"{name} (run.channels_last={str(self.layout_setting).lower()})"
 
     def place(self, distiller: Distiller, teacher_compiled: bool) -> None:
         """Move ``distiller`` (student, teacher, methods) to the device and layout, convert

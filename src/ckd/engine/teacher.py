@@ -36,6 +36,7 @@ from ckd.engine.schedule import Schedule
 from ckd.engine.task import TASKS, Task
 from ckd.errors import ConfigError
 from ckd.methods.distiller import TeacherSource
+from ckd.paths import output_path
 
 #: Batches of the run's own first epoch that are recomputed to verify a teacher cache.
 CACHE_VERIFY_BATCHES = 2
@@ -150,10 +151,11 @@ def build_teacher_cache(
 ) -> str:
     """``ckd cache build``: build (or find up to date) the teacher cache ``run.teacher_cache``
     of the run ``cfg`` describes (its fast loader's views of every epoch); ``force``: replace a
-    cache (or a partial build of one) that is there. Returns the line that says what was done."""
-    folder = cfg.run.teacher_cache
-    if folder is None:
+    cache ckd made that is there (:func:`~ckd.engine.cache.cache_folder_problem`). Returns
+    the line that says what was done."""
+    if cfg.run.teacher_cache is None:
         raise ConfigError("cache build: give --out DIR or set run.teacher_cache")
+    folder = output_path(cfg.run.teacher_cache, "run.teacher_cache")  # before any work
     if cfg.teacher_section() is None:
         raise ConfigError(f"cache build: method {cfg.method.name!r} uses no teacher")
     replace = force and os.path.lexists(folder)
@@ -161,8 +163,8 @@ def build_teacher_cache(
         problem = cache_folder_problem(folder)
         if problem:
             raise ConfigError(
-                f"--force: {folder} {problem}; --force replaces only a teacher cache (or a "
-                "partial build of one), so nothing was deleted"
+                f"--force: {folder} {problem}; --force replaces only a teacher cache ckd made, "
+                "so nothing was deleted"
             )
     rt = Runtime.start(cfg.run, cfg.data.batch_size, cfg.optim.accum_steps)
     task = TASKS.get(cfg.task)(cfg, rt)

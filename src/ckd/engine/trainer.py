@@ -110,9 +110,23 @@ class Trainer:
         self.out_dir = out_dir
         try:
             self._build(cfg, rt)
-        except BaseException:
+        except BaseException as e:
             self.folder.close()  # a run that never started leaves the disk as it was
+            if isinstance(e, KeyboardInterrupt):  # SIGINT, or SIGTERM as Interrupted
+                raise self._stopped_before_start(e) from None
             raise
+
+    def _stopped_before_start(self, e: KeyboardInterrupt) -> Interrupted:
+        """A signal while the run was being prepared (data, teacher, its cache), with what is
+        left: the run being resumed, as it was; a new run, nothing."""
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        if self.folder.resume:
+            when, left = "continued", f"{self.out_dir} is as it was (continue with --resume)"
+        else:
+            when, left = "started", "nothing was kept (run the command again to start it)"
+        return Interrupted(
+            signum, f"stopped by {signal_name(signum)} before the run {when}; {left}"
+        )
 
     def _build(self, cfg: BaseConfig, rt: Runtime) -> None:
         ckpt = self.folder.checkpoint(cfg.to_dict())

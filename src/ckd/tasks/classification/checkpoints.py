@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -20,10 +21,49 @@ from ckd.data.base import dataset_size
 from ckd.engine.checkpoint import find_checkpoint, load_checkpoint
 from ckd.engine.evaluate import evaluate
 from ckd.engine.runtime import amp_dtype, pick_device
-from ckd.errors import ConfigError, one_line
+from ckd.errors import CheckpointError, ConfigError, one_line, show, show_path
 from ckd.models import MODELS, load_weights
 from ckd.tasks.classification.config import DataConfig, ModelConfig
 from ckd.tasks.classification.models import build_model
+
+
+def saved_sections(
+    ckpt: dict[str, Any], path: Path, foreign: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The checkpoint's saved ``config`` and its ``student`` and ``data`` sections, each a
+    mapping (empty when absent: a foreign file). ``foreign``: the caller named the model and
+    the dataset, so a ``config`` entry that is not ours is ignored.
+
+    Raises:
+        CheckpointError: one of them is there but is not a mapping, or the student's name is
+            not a string (a damaged or hand-made file).
+    """
+    config = ckpt.get("config")
+    if config is None or (foreign and not isinstance(config, dict)):
+        config = {}
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{show_path(path)}: its config is a {type(config).__name__}, not a mapping; not a "
+            "checkpoint of a ckd run"
+        )
+    sections = []
+    for key in ("student", "data"):
+        section = config.get(key)
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise CheckpointError(
+                f"{show_path(path)}: its config.{key} is {show(section, 60)}, not a mapping; "
+                "not a checkpoint of a ckd run"
+            )
+        for name_key in ("name",):
+            if name_key in section and not isinstance(section[name_key], str):
+                raise CheckpointError(
+                    f"{show_path(path)}: its config.{key}.name is {show(section[name_key], 60)}, "
+                    "not a name"
+                )
+        sections.append(dict(section))
+    return config, sections[0], sections[1]
 
 
 class CheckpointData(NamedTuple):
@@ -34,6 +74,7 @@ class CheckpointData(NamedTuple):
     data_name: str
     test: Dataset[Any]  # the test set chosen
     test_set: str  # which one, in words
+    amp: Any = None  # the run's run.amp (None: a foreign file, or no such setting saved)
 
 
 def checkpoint_model(
@@ -65,9 +106,7 @@ def checkpoint_model(
     except Exception as e:  # not a checkpoint, or one weights_only refuses to unpickle
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"{path}: cannot be read as a checkpoint: {reason[:200]}") from None
-    saved = ckpt.get("config") or {}
-    student = dict(saved.get("student") or {})
-    saved_data = dict(saved.get("data") or {})
+    saved, student, saved_data = saved_sections(ckpt, path, model is not None and data is not None)
     model_name = model or student.get("name")
     data_name = data or saved_data.get("name")
     if model_name is None or data_name is None:
@@ -91,7 +130,9 @@ def checkpoint_model(
     net = build_model(model_cfg, spec.info)
     split = spec.build(root, False, False, False)
     test, test_set = _test_set(split, test_subset, full_test, same_data, saved)
-    return CheckpointData(net, model_name, data_name, test, test_set)
+    run_section = saved.get("run")
+    run_amp = run_section.get("amp") if isinstance(run_section, dict) else None
+    return CheckpointData(net, model_name, data_name, test, test_set, run_amp)
 
 
 def _test_set(
@@ -105,12 +146,37 @@ def _test_set(
     run_subset = (saved.get("data") or {}).get("test_subset")
     if full or not same_data or run_subset is None or run_subset >= size:
         return split, f"the whole split, {size} images"
-    seed = (saved.get("run") or {}).get("seed", 0)
+    run = saved.get("run")
+    seed = run.get("seed", 0) if isinstance(run, dict) else 0
     chosen = subset(split, run_subset, seed=seed)
     return chosen, (
         f"the run's test subset, {dataset_size(chosen)} of {size} images, seed {seed}; "
         "--full-test for all"
     )
+
+
+#: The precisions ``--amp`` (and ``run.amp``) name.
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+def eval_precision(
+    amp: str | None, run_amp: Any, device: torch.device
+) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype of an evaluation on ``device`` and its description: ``amp`` when
+    given, else the run's own ``run.amp`` resolved on this machine (``auto``: bf16 where the
+    device computes it natively), as the run evaluated itself; full precision for a file that
+    saved none."""
+    if amp is None:
+        if run_amp in AMP_MODES:
+            mode, why = run_amp, f"the run's run.amp={run_amp}"
+            why += " on this machine" if run_amp == "auto" else ""
+        else:
+            mode, why = "none", "the checkpoint saves no run.amp"
+    else:
+        mode, why = amp, "as asked"
+    dtype = amp_dtype(mode, device)
+    name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return dtype, f"{name} ({why})"
 
 
 def evaluate_checkpoint(
@@ -122,16 +188,21 @@ def evaluate_checkpoint(
     full_test: bool = False,
     batch_size: int = 256,
     device: str = "auto",
-    amp: str = "none",
-) -> tuple[CheckpointData, dict[str, float]]:
+    amp: str | None = None,
+) -> tuple[CheckpointData, dict[str, Any]]:
     """``ckd eval``: the checkpoint's model (:func:`checkpoint_model`) and its top-1, top-5,
-    loss and number of images on the test set chosen there."""
+    loss and number of images on the test set chosen there, and ``precision``: the one it was
+    computed in, in words (``amp``, else the run's own: :func:`eval_precision`)."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1; got {batch_size}")
+    if amp is not None and amp not in AMP_MODES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_MODES)}; got {show(amp)}")
+    where = pick_device(device, "--device")
     found = checkpoint_model(path, model, data, data_root, test_subset, full_test)
-    where = pick_device(device)
+    dtype, precision = eval_precision(amp, found.amp, where)
     loader = DataLoader(found.test, batch_size=batch_size, num_workers=0)
-    return found, evaluate(found.model.to(where), loader, where, amp_dtype(amp, where))
+    metrics: dict[str, Any] = evaluate(found.model.to(where), loader, where, dtype)
+    return found, {**metrics, "precision": precision}
 
 
 def saved_data_config(saved: dict[str, Any], name: str, root: str | None) -> DataConfig:
@@ -165,13 +236,19 @@ def _dataset_info(ckpt: dict[str, Any], path: Path) -> DatasetInfo:
     dataset's, else the folder's read again from the saved data config."""
     saved = ckpt.get("dataset")
     if isinstance(saved, dict):
-        fields = dict(saved)
-        for key in ("mean", "std", "classes"):
-            if fields.get(key) is not None:
-                fields[key] = tuple(fields[key])
-        return DatasetInfo(**fields)
-    data = dict((ckpt.get("config") or {}).get("data") or {})
-    spec = resolve_dataset(saved_data_config(data, data.get("name", DataConfig.name), None))
+        try:
+            fields = dict(saved)
+            for key in ("mean", "std", "classes"):
+                if fields.get(key) is not None:
+                    fields[key] = tuple(fields[key])
+            return DatasetInfo(**fields)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"{show_path(path)}: its dataset entry is damaged ({one_line(e, 200)})"
+            ) from None
+    _, _, data = saved_sections(ckpt, path)
+    root = data.get("root") if isinstance(data.get("root"), str) else None  # a folder's
+    spec = resolve_dataset(saved_data_config(data, data.get("name", DataConfig.name), root))
     assert spec.info is not None
     return spec.info
 
@@ -187,11 +264,13 @@ def load_student(source: str | os.PathLike[str]) -> Student:
         ckpt = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - not a checkpoint, or weights_only refuses it
         raise ConfigError(f"{path}: cannot be read as a checkpoint: {one_line(e)}") from None
-    task = ckpt.get("task") or (ckpt.get("config") or {}).get("task") or "classification"
+    saved, student, _ = saved_sections(ckpt, path)
+    task = ckpt.get("task") or saved.get("task") or "classification"
     if task != "classification":
-        raise ConfigError(f"{path} is a {task} run; ckd export writes classification students")
-    student = (ckpt.get("config") or {}).get("student")
-    if not isinstance(student, dict) or "model" not in ckpt:
+        raise ConfigError(
+            f"{path} is a {show(task, 60)} run; ckd export writes classification students"
+        )
+    if "name" not in student or not isinstance(ckpt.get("model"), dict):
         raise ConfigError(
             f"{path} is not a checkpoint of a ckd run (no config / student weights); export "
             "takes a run folder or its last.pt / best.pt"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from ckd.config import MAX_SEED, BaseConfig, DataSection
@@ -18,6 +17,7 @@ from ckd.data import DATASETS, DatasetOptions
 from ckd.errors import ConfigError, require, show
 from ckd.methods import METHODS
 from ckd.models import MODELS
+from ckd.paths import input_file_problem
 from ckd.schema import build, key_text, to_dict
 
 
@@ -229,10 +229,5 @@ class ClassificationConfig(BaseConfig):
     def check_files(self) -> None:
         for role, m in (("student", self.student), ("teacher", self.teacher)):
             if m is not None and m.checkpoint is not None:
-                path = Path(m.checkpoint)
-                require(
-                    path.is_file(),
-                    f"{role}.checkpoint: {show(m.checkpoint)} is a folder, not a checkpoint file"
-                    if path.is_dir()
-                    else f"{role}.checkpoint: file {show(m.checkpoint)} does not exist",
-                )
+                problem = input_file_problem(f"{role}.checkpoint", m.checkpoint)
+                require(problem is None, problem or "")

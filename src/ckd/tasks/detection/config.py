@@ -6,11 +6,11 @@ milestones and ``optim.warmup_iters`` in optimisation steps; see ``SECTION_DEFAU
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ckd.config import BaseConfig, DataSection
 from ckd.errors import require, show
+from ckd.paths import input_file_problem
 
 ARCHS = ("faster_rcnn", "mask_rcnn")
 BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenet_v2")
@@ -174,7 +174,8 @@ class DetConfig(BaseConfig):
                 continue
             for key in ("checkpoint", "backbone_checkpoint"):
                 path = getattr(m, key)
-                require(path is None or Path(path).is_file(), f"{role}.{key}: no file {show(path)}")
+                problem = None if path is None else input_file_problem(f"{role}.{key}", path)
+                require(problem is None, problem or "")
 
 
 def _validate_model(role: str, m: DetModelConfig) -> None:
