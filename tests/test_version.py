@@ -4,6 +4,7 @@ metadata (ckd.version); CITATION.cff does not repeat it."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,13 @@ def test_the_package_reports_pyprojects_version():
     assert ckd.__version__ == pyproject_version()
 
 
-def test_a_source_tree_not_installed_reports_an_unknown_version():
-    # -S: no site-packages, so no ckd-distill metadata; the source tree alone on the path
+def test_a_source_tree_not_installed_reports_an_unknown_version(tmp_path):
+    # -S: no site-packages, so no ckd-distill metadata; a copy of the package alone on the path
+    # (src/ itself may hold the ckd_distill.egg-info an editable install wrote there)
+    shutil.copytree(ROOT / "src" / "ckd", tmp_path / "ckd")
     code = "import sys; sys.path.insert(0, sys.argv[1]); import ckd; print(ckd.__version__)"
     proc = subprocess.run(
-        [sys.executable, "-S", "-c", code, str(ROOT / "src")], capture_output=True, text=True
+        [sys.executable, "-S", "-c", code, str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0+unknown"
